@@ -1,0 +1,7 @@
+"""Support package for the LoRA and QLoRA course.
+
+One module per concern; each lesson says which module it builds or uses:
+hardware, models, data, evaluate, lora, train, quant, memory, plots, checks.
+"""
+
+__version__ = "0.1.0"

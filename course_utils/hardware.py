@@ -1,0 +1,125 @@
+"""What machine are we on, and what should the course do on it?
+
+Every notebook starts by printing a `HardwareProfile`, so a learner always
+knows which device, compute dtype and amount of work the lesson chose. The
+choice of dtype matters for QLoRA: a T4 has no native bf16 (PyTorch may still
+say "supported" through slow emulation), so it computes in fp16; Ampere and
+newer GPUs compute in bf16; the CPU computes in fp32 because bf16 matmuls there
+are many times slower.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """A summary of the accelerator the course will use."""
+
+    kind: str  # "cpu", "cuda" or "mps"
+    name: str
+    memory_gib: float  # GPU memory, or system RAM for the CPU/MPS
+    compute_capability: tuple[int, int] | None = None
+    native_bf16: bool = False
+    cpu_count: int = 1
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.kind == "cuda" else self.kind
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.kind == "cuda"
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype for matmuls (and QLoRA's 4-bit dequantization)."""
+        return choose_compute_dtype(self)
+
+    @property
+    def quick(self) -> bool:
+        """True where lessons should use their small, CI-sized settings."""
+        return not self.is_gpu or os.environ.get("COURSE_QUICK") == "1"
+
+    def pick(self, *, cpu: T, gpu: T) -> T:
+        """Choose a setting by hardware: `steps = profile.pick(cpu=40, gpu=400)`."""
+        return cpu if self.quick else gpu
+
+    def summary(self) -> str:
+        lines = [
+            f"device           : {self.kind} ({self.name})",
+            f"memory           : {self.memory_gib:.1f} GiB",
+        ]
+        if self.compute_capability is not None:
+            major, minor = self.compute_capability
+            lines.append(f"compute capability: {major}.{minor}")
+            lines.append(f"native bf16      : {self.native_bf16}")
+        lines.append(f"compute dtype    : {str(self.compute_dtype).removeprefix('torch.')}")
+        lines.append(f"lesson settings  : {'quick (CPU/CI sizes)' if self.quick else 'full (GPU sizes)'}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:  # print(profile) reads well in a notebook
+        return self.summary()
+
+
+def choose_compute_dtype(profile: HardwareProfile) -> torch.dtype:
+    """fp32 on CPU/MPS, bf16 on GPUs with native bf16 (Ampere+), else fp16."""
+    if profile.kind != "cuda":
+        return torch.float32
+    return torch.bfloat16 if profile.native_bf16 else torch.float16
+
+
+def _system_ram_gib() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+    except (ValueError, OSError, AttributeError):
+        return 0.0
+
+
+def profile_from_cuda_properties(props: Any, native_bf16: bool) -> HardwareProfile:
+    """Build a profile from `torch.cuda.get_device_properties` output.
+
+    Split out so tests can pass fake properties for a T4 or an A100.
+    """
+    return HardwareProfile(
+        kind="cuda",
+        name=props.name,
+        memory_gib=props.total_memory / GIB,
+        compute_capability=(props.major, props.minor),
+        native_bf16=native_bf16,
+        cpu_count=os.cpu_count() or 1,
+    )
+
+
+def detect() -> HardwareProfile:
+    """Detect CUDA, then Apple MPS, then fall back to the CPU."""
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return profile_from_cuda_properties(props, native)
+    cpus = os.cpu_count() or 1
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return HardwareProfile("mps", f"Apple {platform.machine()}", _system_ram_gib(), cpu_count=cpus)
+    return HardwareProfile("cpu", platform.processor() or platform.machine(), _system_ram_gib(), cpu_count=cpus)
+
+
+def bitsandbytes_status() -> tuple[bool, str]:
+    """Whether bitsandbytes imports here, and a sentence saying why not."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as exc:  # a broken CUDA build raises more than ImportError
+        return False, (
+            f"bitsandbytes cannot be imported ({type(exc).__name__}: {exc}). "
+            "Install it with `pip install bitsandbytes` (0.45 or newer runs on CPU and CUDA)."
+        )
+    return True, "bitsandbytes is available"

@@ -1,0 +1,45 @@
+"""The stored notebooks stay clean, and the solutions stay in step with the lessons."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").rglob("*.ipynb"))
+sys.path.insert(0, str(ROOT / "tools"))
+from sync_solutions import exercise_tag  # noqa: E402
+
+
+def test_there_are_notebooks():
+    assert any(p.name.startswith("00_") for p in NOTEBOOKS)
+
+
+def test_notebooks_are_stored_without_outputs():
+    dirty = []
+    for path in NOTEBOOKS:
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] == "code" and (cell.get("outputs") or cell.get("execution_count")):
+                dirty.append(path.name)
+                break
+    assert not dirty, f"strip outputs before committing: {dirty}"
+
+
+def test_solutions_are_in_sync_with_lessons():
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "sync_solutions.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_exercise_has_a_placeholder_and_a_different_solution():
+    for lesson in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        cells = {exercise_tag(c): c for c in json.loads(lesson.read_text())["cells"] if exercise_tag(c)}
+        if not cells:
+            continue
+        solved = {exercise_tag(c): c for c in json.loads((ROOT / "notebooks" / "solutions" / lesson.name).read_text())["cells"]
+                  if exercise_tag(c)}
+        for tag, cell in cells.items():
+            source = "".join(cell["source"])
+            if cell["cell_type"] == "code":
+                assert "..." in source, f"{lesson.name} {tag}: the exercise cell needs a `...` placeholder"
+                assert source != "".join(solved[tag]["source"]), f"{lesson.name} {tag}: solution equals the placeholder"
