@@ -123,3 +123,85 @@ def bitsandbytes_status() -> tuple[bool, str]:
             "Install it with `pip install bitsandbytes` (0.45 or newer runs on CPU and CUDA)."
         )
     return True, "bitsandbytes is available"
+
+
+# ---------------------------------------------------------------------------
+# Versions: what is installed vs the ranges the course is tested with
+# ---------------------------------------------------------------------------
+
+# The exact versions CI ran the course with (update when CI moves on).
+TESTED_VERSIONS = {
+    "torch": "2.13.0", "transformers": "5.24.0", "peft": "0.21.2", "bitsandbytes": "0.50.2",
+    "accelerate": "1.15.0", "datasets": "5.2.0", "matplotlib": "3.11.2",
+}
+
+
+@dataclass(frozen=True)
+class VersionCheck:
+    package: str
+    installed: str | None
+    required: str  # the range from pyproject.toml
+    tested: str
+
+    @property
+    def ok(self) -> bool:
+        return self.installed is not None and _satisfies(self.installed, self.required)
+
+
+def _satisfies(version: str, specifier: str) -> bool:
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    return Version(version.split("+")[0]) in SpecifierSet(specifier)
+
+
+def required_ranges() -> dict[str, str]:
+    """The dependency ranges declared in pyproject.toml (read from the installed metadata)."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    from packaging.requirements import Requirement
+
+    try:
+        lines = requires("course_utils") or []
+    except PackageNotFoundError:
+        return {}
+    ranges = {}
+    for line in lines:
+        req = Requirement(line)
+        if req.marker is None:
+            ranges[req.name.lower()] = str(req.specifier)
+    return ranges
+
+
+def check_versions() -> list[VersionCheck]:
+    """One row per key package: installed version, required range, tested version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    ranges = required_ranges()
+    rows = []
+    for package, tested in TESTED_VERSIONS.items():
+        try:
+            installed: str | None = version(package)
+        except PackageNotFoundError:
+            installed = None
+        rows.append(VersionCheck(package, installed, ranges.get(package, ""), tested))
+    return rows
+
+
+def lesson_plan(profile: HardwareProfile) -> list[tuple[str, str]]:
+    """What each part of the course will do on this hardware, in words."""
+    dtype = str(profile.compute_dtype).removeprefix("torch.")
+    size = "full (GPU) sizes" if not profile.quick else "quick sizes (fewer steps and examples)"
+    bnb_ok, _ = bitsandbytes_status()
+    four_bit = f"NF4 + double quantization, compute in {dtype}" if bnb_ok else "unavailable: install bitsandbytes"
+    big_enough = profile.is_gpu and profile.memory_gib >= 14
+    capstone = ("Qwen2.5-7B-Instruct in NF4 (if the memory plan fits)" if big_enough
+                else "the tiny SmolLM2-135M model with the same code (7B needs a >= 15 GB GPU)")
+    return [
+        ("01-03 rank, SVD, LoRA from scratch", f"{profile.kind}, {size}"),
+        ("04 LoRA with PEFT", f"SmolLM2-135M, LoRA in {dtype}, {size}"),
+        ("05-06 quantization, NF4", "real weights of SmolLM2-135M, bit-exact comparison with bitsandbytes"),
+        ("07 QLoRA mechanics", f"SmolLM2-135M, 4-bit: {four_bit}"),
+        ("08 capstone", capstone),
+        ("09 choosing and serving", "memory planner for 135M to 70B models, adapters on the tiny model"),
+    ]

@@ -43,3 +43,16 @@ def test_every_exercise_has_a_placeholder_and_a_different_solution():
             if cell["cell_type"] == "code":
                 assert "..." in source, f"{lesson.name} {tag}: the exercise cell needs a `...` placeholder"
                 assert source != "".join(solved[tag]["source"]), f"{lesson.name} {tag}: solution equals the placeholder"
+
+
+def test_colab_badges_and_install_cells_use_the_one_repository_address():
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "set_repo_url.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_lesson_opens_with_a_badge_and_the_colab_install_cell():
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        assert f"blob/main/notebooks/{path.name}" in "".join(cells[0]["source"]), f"{path.name}: badge"
+        assert any('"google.colab" in sys.modules' in "".join(c["source"]) for c in cells[:3]), path.name

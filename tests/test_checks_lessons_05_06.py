@@ -1,0 +1,82 @@
+"""Self-checks of lessons 05 and 06: placeholder, typical wrong answers, right answer."""
+
+import torch
+
+from course_utils import checks
+from course_utils.checks import NOT_ATTEMPTED, WRONG
+from course_utils.quant import nf4_table
+
+X = [0.5, -1.2, 3.0, 0.1, -2.9]
+
+
+def test_int4_absmax_codes():
+    scale = 3.0 / 7
+    right = [round(v / scale) for v in X]
+    assert checks.check_int4_absmax_codes(..., X).status == NOT_ATTEMPTED
+    assert checks.check_int4_absmax_codes(right, X).correct
+    assert checks.check_int4_absmax_codes(torch.tensor(right, dtype=torch.int8), X).correct
+    int8 = [round(v / (3.0 / 127)) for v in X]
+    assert "int8" in checks.check_int4_absmax_codes(int8, X).message
+    truncated = [int(v / scale) for v in X]
+    assert "truncated" in checks.check_int4_absmax_codes(truncated, X).message
+    assert "max|x|/8" in checks.check_int4_absmax_codes([round(v / (3.0 / 8)) for v in X], X).message
+    assert checks.check_int4_absmax_codes(right[:3], X).status == WRONG
+    assert checks.check_int4_absmax_codes("codes", X).status == WRONG
+
+
+def test_zeropoint_params():
+    x = [-0.5, 0.0, 1.0, 2.5]
+    scale, zero_point = 3.0 / 255, round(0.5 / (3.0 / 255))
+    assert checks.check_zeropoint_params(..., x).status == NOT_ATTEMPTED
+    assert checks.check_zeropoint_params((scale, zero_point), x).correct
+    assert checks.check_zeropoint_params((torch.tensor(scale), torch.tensor(float(zero_point))), x).correct
+    assert "255" in checks.check_zeropoint_params((3.0 / 256, zero_point), x).message
+    assert "absmax" in checks.check_zeropoint_params((2.5 / 127, zero_point), x).message
+    assert "sign" in checks.check_zeropoint_params((scale, -zero_point), x).message
+    assert "pair" in checks.check_zeropoint_params(scale, x).message
+
+
+def test_blockwise_bits():
+    assert checks.check_blockwise_bits(..., 8, 64).status == NOT_ATTEMPTED
+    assert checks.check_blockwise_bits(8.5, 8, 64).correct
+    assert "scale" in checks.check_blockwise_bits(8, 8, 64).message
+    assert "spread" in checks.check_blockwise_bits(40, 8, 64).message
+    assert "16-bit" in checks.check_blockwise_bits(8.25, 8, 64).message
+    assert checks.check_blockwise_bits(9, 8, 64).status == WRONG
+
+
+def test_nf4_codes():
+    block = torch.tensor([0.9, -0.45, 0.02, -0.9, 0.3])
+    table = nf4_table()
+    scaled = block / 0.9
+    right = (scaled[:, None] - table).abs().argmin(1)  # independent: nearest level (no value on a boundary here)
+    assert checks.check_nf4_codes(..., block).status == NOT_ATTEMPTED
+    assert checks.check_nf4_codes(right, block).correct
+    assert checks.check_nf4_codes(right.tolist(), block).correct
+    assert "signed" in checks.check_nf4_codes(right - 7, block).message
+    unscaled = (block[:, None] - table).abs().argmin(1)
+    assert "absmax" in checks.check_nf4_codes(unscaled, block).message
+    assert "16" in checks.check_nf4_codes(right + 10, block).message
+    assert checks.check_nf4_codes([1, 2], block).status == WRONG
+
+
+def test_dq_bits():
+    right = 4 + 8 / 128 + 32 / (128 * 256)
+    assert checks.check_dq_bits(..., 128).status == NOT_ATTEMPTED
+    assert checks.check_dq_bits(right, 128).correct
+    assert "without double quantization" in checks.check_dq_bits(4 + 32 / 128, 128).message
+    assert "256" in checks.check_dq_bits(4 + 8 / 128, 128).message
+    assert "block size 64" in checks.check_dq_bits(4 + 8 / 64 + 32 / (64 * 256), 128).message
+    assert checks.check_dq_bits(4.5, 128).status == WRONG
+
+
+def test_nf4_dequantized():
+    codes, absmax = [0, 7, 15, 12], 0.25
+    table = nf4_table()
+    right = table[torch.tensor(codes)] * absmax
+    assert checks.check_nf4_dequantized(..., codes, absmax).status == NOT_ATTEMPTED
+    assert checks.check_nf4_dequantized(right, codes, absmax).correct
+    assert checks.check_nf4_dequantized(right.tolist(), codes, absmax).correct
+    assert "multiply" in checks.check_nf4_dequantized(table[torch.tensor(codes)], codes, absmax).message
+    assert "index" in checks.check_nf4_dequantized(torch.tensor(codes) * absmax, codes, absmax).message
+    assert "don't divide" in checks.check_nf4_dequantized(table[torch.tensor(codes)] / absmax, codes, absmax).message

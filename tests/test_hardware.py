@@ -1,0 +1,49 @@
+"""The hardware profile picks the right compute dtype for CPU, T4 and A100."""
+
+from types import SimpleNamespace
+
+import torch
+
+from course_utils.hardware import HardwareProfile, detect, profile_from_cuda_properties
+
+GIB = 1024**3
+
+
+def fake_props(name: str, memory_gib: float, major: int, minor: int) -> SimpleNamespace:
+    return SimpleNamespace(name=name, total_memory=int(memory_gib * GIB), major=major, minor=minor)
+
+
+def test_t4_computes_in_fp16_because_it_has_no_native_bf16():
+    t4 = profile_from_cuda_properties(fake_props("Tesla T4", 14.7, 7, 5), native_bf16=False)
+    assert t4.compute_dtype == torch.float16
+    assert t4.compute_capability == (7, 5)
+    assert t4.device == "cuda" and t4.is_gpu and not t4.quick
+    assert "7.5" in t4.summary() and "float16" in t4.summary()
+
+
+def test_a100_computes_in_bf16():
+    a100 = profile_from_cuda_properties(fake_props("NVIDIA A100-SXM4-40GB", 39.4, 8, 0), native_bf16=True)
+    assert a100.compute_dtype == torch.bfloat16
+    assert round(a100.memory_gib) == 39
+    assert a100.pick(cpu="small", gpu="big") == "big"
+
+
+def test_cpu_computes_in_fp32_and_uses_quick_settings():
+    cpu = HardwareProfile("cpu", "x86_64", 23.0)
+    assert cpu.compute_dtype == torch.float32
+    assert cpu.quick and cpu.pick(cpu=10, gpu=1000) == 10
+    assert "quick" in str(cpu)
+
+
+def test_quick_mode_can_be_forced_on_a_gpu(monkeypatch):
+    monkeypatch.setenv("COURSE_QUICK", "1")
+    a100 = profile_from_cuda_properties(fake_props("A100", 80, 8, 0), native_bf16=True)
+    assert a100.pick(cpu=1, gpu=2) == 1
+
+
+def test_detect_on_this_machine_matches_torch():
+    profile = detect()
+    assert profile.kind == ("cuda" if torch.cuda.is_available() else profile.kind)
+    if not torch.cuda.is_available():
+        assert profile.compute_dtype == torch.float32
+    assert profile.memory_gib > 0
