@@ -383,6 +383,19 @@ def load_examples(task: str = "sql", split: str = "train", limit: int | None = N
     return rows[:limit] if limit is not None else rows
 
 
+def evenly_spaced(examples: list[dict], n: int | None) -> list[dict]:
+    """`n` examples spread evenly over the list (so every group of a split is represented).
+
+    Lessons evaluate on such a subset on a CPU and on the whole split on a GPU.
+    """
+    if n is None or n >= len(examples):
+        return list(examples)
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}.")
+    step = len(examples) / n
+    return [examples[int(i * step)] for i in range(n)]
+
+
 def load_task_dataset(task: str = "sql", data_dir: Path | None = None):
     """The task as a `datasets.DatasetDict` with train, validation and test splits."""
     from datasets import load_dataset

@@ -19,7 +19,7 @@ import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -343,3 +343,47 @@ def train_lora_adapter(settings: AdapterSettings, profile: HardwareProfile | Non
 
 def read_train_log(folder: Path) -> dict:
     return json.loads((Path(folder) / "train_log.json").read_text())
+
+
+def course_adapter_settings(profile: HardwareProfile | None = None, task: str = "sql", **changes) -> AdapterSettings:
+    """The course's standard adapter: LoRA r=8, alpha=16 on all linear layers.
+
+    Lessons 04, 07, 08 and 09 ask for it by these settings, so it is trained
+    once and then read from the cache. `changes` vary one knob (a rank sweep).
+    """
+    profile = profile or detect()
+    base = AdapterSettings(task=task, r=8, lora_alpha=16, targets="all-linear",
+                           steps=profile.pick(cpu=30, gpu=300), batch_size=8, learning_rate=1e-3, seed=0)
+    return replace(base, **changes)
+
+
+def load_adapted_model(settings: AdapterSettings, profile: HardwareProfile | None = None, base=None):
+    """The base model with the (cached, trained on demand) adapter for `settings` loaded."""
+    from peft import PeftModel
+
+    folder = train_lora_adapter(settings, profile)
+    base = base if base is not None else load_base_for(settings, profile)
+    return PeftModel.from_pretrained(base, folder).eval()
+
+
+def adapter_report(settings: AdapterSettings, split: str = "test", n: int | None = None,
+                   profile: HardwareProfile | None = None, model=None, tokenizer=None) -> EvalReport:
+    """Score the adapter for `settings` on `n` evenly spaced examples of `split`; cached.
+
+    Generation is the slow part of evaluation on a CPU, so the scored report
+    is stored next to the adapter and reused by later notebooks and re-runs.
+    """
+    from .data import evenly_spaced
+    from .evaluate import ScoredExample
+    from .models import TINY_MODEL_ID, load_tokenizer
+
+    folder = train_lora_adapter(settings, profile)
+    cached = folder / f"report-{split}-{n or 'all'}.json"
+    if cached.exists():
+        return EvalReport([ScoredExample(**row) for row in json.loads(cached.read_text())])
+    examples = evenly_spaced(load_examples(settings.task, split), n)
+    model = model if model is not None else load_adapted_model(settings, profile)
+    tokenizer = tokenizer or load_tokenizer(settings.model_id or TINY_MODEL_ID)
+    report = evaluate_model(model, tokenizer, examples)
+    cached.write_text(json.dumps([asdict(r) for r in report.results]))
+    return report
