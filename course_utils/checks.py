@@ -443,3 +443,564 @@ def check_nf4_dequantized(answer: Any, codes: Any, absmax: Any) -> Feedback:
         return "dequantized value = nf4_table()[code] * absmax."
 
     return run_check("NF4 dequantized", answer, find_problem, success=f"correct: {expected.tolist()}.")
+
+
+# ---------------------------------------------------------------------------
+# Lesson 04: LoRA with PEFT (adapter file size, equal budgets, adapter routing)
+# ---------------------------------------------------------------------------
+
+_ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+_ALL_LINEAR_TARGETS = _ATTENTION_TARGETS + ("gate_proj", "up_proj", "down_proj")
+
+
+def _lora_budget(model: Any, target_modules: Any, r: int) -> int:
+    return sum(r * (i + o) for _, i, o in _linear_shapes(model, target_modules))
+
+
+def check_adapter_payload_bytes(answer: Any, model: Any, target_modules: Any, r: int,
+                                bytes_per_param: int = 4) -> Feedback:
+    """Bytes of tensor data in an adapter file: bytes_per_param x r (in + out) per adapted matrix."""
+    shapes = _linear_shapes(model, target_modules)
+    if not shapes:
+        raise ValueError(f"no nn.Linear in the model matches {list(target_modules)}; check the module names.")
+    params = sum(r * (i + o) for _, i, o in shapes)
+    expected = bytes_per_param * params
+    widest = max(max(i, o) for _, i, o in shapes)
+    n_layers = len({name.rsplit(".", 2)[0] for name, _, _ in shapes})
+
+    def find_problem(a):
+        value = _as_count(a)
+        if value == expected:
+            return None
+        if value == params:
+            return f"that is the number of parameters; each fp32 parameter takes {bytes_per_param} bytes."
+        if value == 8 * expected:
+            return "that is the number of bits; divide by 8 for bytes."
+        if value == expected // 2:
+            return "that would be fp16/bf16 (2 bytes per parameter); the adapter here is saved in fp32 (4 bytes)."
+        if n_layers > 1 and value * n_layers == expected:
+            return f"that is one decoder layer; the targets appear in all {n_layers} layers."
+        if value == bytes_per_param * r * 2 * widest * len(shapes):
+            return "not every target is square: v_proj maps 576 -> 192 here, so it has r (576 + 192) parameters."
+        if value == bytes_per_param * sum(r * i for _, i, _ in shapes) or \
+                value == bytes_per_param * sum(r * o for _, _, o in shapes):
+            return "you counted one factor; the file holds lora_A (r x in) and lora_B (out x r) of every target."
+        return f"{value:,} bytes is not {bytes_per_param} x r (in + out) summed over the {len(shapes)} adapted matrices."
+
+    return run_check("adapter tensor bytes", answer, find_problem,
+                     success=f"correct: {expected:,} bytes ({params:,} parameters x {bytes_per_param}).")
+
+
+def check_equal_budget_rank(answer: Any, model: Any, all_linear_rank: int) -> Feedback:
+    """The attention-only rank whose budget is closest to that of all-linear at `all_linear_rank`."""
+    target = _lora_budget(model, _ALL_LINEAR_TARGETS, all_linear_rank)
+    per_rank = _lora_budget(model, _ATTENTION_TARGETS, 1)
+    if per_rank == 0:
+        raise ValueError("the model has no q_proj/k_proj/v_proj/o_proj layers; pass a Llama-style model.")
+    expected = min(range(1, 4 * target // per_rank + 2), key=lambda r: abs(r * per_rank - target))
+
+    def find_problem(a):
+        value = _as_count(a)
+        if value == expected:
+            return None
+        if value == all_linear_rank:
+            return ("the same rank on fewer matrices is a smaller budget; raise the attention rank until "
+                    "r x (sum of in + out over q, k, v, o) matches the all-linear budget.")
+        if value <= 0:
+            return "a rank is a positive integer."
+        return (f"attention-only r={value} has {value * per_rank:,} parameters, all-linear r={all_linear_rank} has "
+                f"{target:,}; another rank is closer (compare r x {per_rank:,} with {target:,}).")
+
+    return run_check("equal-budget rank", answer, find_problem,
+                     success=f"correct: r={expected} gives {expected * per_rank:,} vs {target:,} parameters.")
+
+
+def check_adapter_router(answer: Any, min_accuracy: float = 0.95) -> Feedback:
+    """A function request -> adapter name ("sql" or "json"), run on the test questions of both tasks."""
+    from .data import load_examples
+
+    requests = [(e["question"], task) for task in ("sql", "json") for e in load_examples(task, "test")]
+
+    def find_problem(route):
+        if not callable(route):
+            return "pass the function itself (answer = route), not its result."
+        names = [route(text) for text, _ in requests]
+        unknown = sorted({repr(n) for n in names if n not in ("sql", "json")})
+        if unknown:
+            return f"route returned {', '.join(unknown[:3])}; the adapters are named 'sql' and 'json'."
+        if len(set(names)) == 1:
+            return f"route sends every request to {names[0]!r}; the other adapter never gets used."
+        right = sum(n == task for n, (_, task) in zip(names, requests))
+        wrong = [text for n, (text, task) in zip(names, requests) if n != task]
+        if right / len(requests) < min_accuracy:
+            return (f"{right}/{len(requests)} routed correctly (need {min_accuracy:.0%}); "
+                    f"e.g. misrouted: {wrong[0]!r}.")
+        return None
+
+    return run_check("adapter router", answer, find_problem,
+                     success=f"correct: your router picks the right adapter for the test requests.")
+
+
+# ---------------------------------------------------------------------------
+# Lesson 09: choosing and serving (largest batch, adapters vs merged copies, alpha)
+# ---------------------------------------------------------------------------
+
+
+def _placeholder_pair(answer: Any) -> Any:
+    """A pair whose parts are all still `...` counts as not attempted."""
+    if isinstance(answer, (tuple, list)) and answer and all(is_placeholder(a) for a in answer):
+        return ...
+    return answer
+
+
+def _plan_fits(model: Any, profile: Any, headroom: float, **settings: Any) -> bool:
+    from .memory import plan_memory
+
+    return plan_memory(model, profile=profile, **settings).total <= headroom * profile.memory_gib * 1024**3
+
+
+def largest_fitting_batch(model: Any, profile: Any, headroom: float = 0.9, limit: int = 4096, **settings: Any) -> int:
+    """The largest micro-batch for which `plan_memory(model, batch=b, **settings)` fits (0: none).
+
+    Memory grows with the batch, so a doubling search then a bisection finds it.
+    """
+    if not _plan_fits(model, profile, headroom, batch=1, **settings):
+        return 0
+    low, high = 1, 2
+    while high <= limit and _plan_fits(model, profile, headroom, batch=high, **settings):
+        low, high = high, high * 2
+    high = min(high, limit + 1)
+    while high - low > 1:  # low fits, high does not (or is past the limit)
+        mid = (low + high) // 2
+        if _plan_fits(model, profile, headroom, batch=mid, **settings):
+            low = mid
+        else:
+            high = mid
+    return low
+
+
+def check_largest_batch(answer: Any, model: Any, profile: Any, headroom: float = 0.9, **settings: Any) -> Feedback:
+    """Lesson 09: the largest micro-batch whose memory plan fits in `headroom` of the device."""
+    expected = largest_fitting_batch(model, profile, headroom, **settings)
+    full_memory = largest_fitting_batch(model, profile, 1.0, **settings)
+    no_checkpointing = (largest_fitting_batch(model, profile, headroom, **(settings | {"gradient_checkpointing": False}))
+                        if settings.get("gradient_checkpointing") else None)
+
+    def find_problem(a):
+        value = _as_count(a)
+        if value == expected:
+            return None
+        if value == expected + 1:
+            return f"batch {value} is the first that does NOT fit; the answer is the last one that does."
+        if value == full_memory and full_memory != expected:
+            return f"that uses all {profile.memory_gib:.1f} GiB; leave the headroom ({headroom:.0%} usable)."
+        if no_checkpointing is not None and value == no_checkpointing:
+            return "that is the answer without gradient checkpointing; keep the settings the exercise gives."
+        if value > expected:
+            return f"batch {value} needs more than {headroom:.0%} of {profile.memory_gib:.1f} GiB; try smaller."
+        return f"batch {value} fits, but a larger one does too; keep going up until the plan stops fitting."
+
+    return run_check("largest batch that fits", answer, find_problem,
+                     success=f"correct: micro-batch {expected} is the largest that fits.")
+
+
+def check_adapters_vs_copies(answer: Any, model: Any, memory_gib: float, rank: int = 16, dtype: str = "bf16",
+                             headroom: float = 0.9) -> Feedback:
+    """Lesson 09: (merged copies, adapters next to one base) that fit in `headroom` x memory (weights only)."""
+    from .choose import serving_bytes
+
+    sizes = serving_bytes(model, 1, rank=rank, dtype=dtype)
+    usable = headroom * memory_gib * 1024**3
+    copies = int(usable // sizes["base"])
+    adapters = int((usable - sizes["base"]) // sizes["adapter"]) if usable >= sizes["base"] else 0
+
+    answer = _placeholder_pair(answer)
+
+    def find_problem(a):
+        if not isinstance(a, (tuple, list)) or len(a) != 2:
+            return "answer with a pair: (number of merged copies, number of adapters next to one base)."
+        n_copies, n_adapters = _as_count(a[0]), _as_count(a[1])
+        if n_copies != copies:
+            if n_copies == int(memory_gib * 1024**3 // sizes["base"]):
+                return "merged copies: count only the usable share of memory (the headroom)."
+            return f"{n_copies} merged copies is not right: each copy is the whole model ({sizes['base'] / 1024**3:.2f} GiB)."
+        if n_adapters != adapters:
+            if n_adapters == int(usable // sizes["adapter"]):
+                return "adapters: the base model takes its share first; the adapters share what is left."
+            return (f"{n_adapters} adapters is not right: each adapter is {sizes['adapter'] / 1024**2:.1f} MiB "
+                    "(r (d + k) fp32 values per targeted matrix).")
+        return None
+
+    return run_check("adapters vs merged copies", answer, find_problem,
+                     success=f"correct: {copies} merged copies, or one base plus {adapters:,} adapters.")
+
+
+def check_equivalent_alpha(answer: Any, r_old: int, alpha_old: float, r_new: int) -> Feedback:
+    """Lesson 09: (alpha for plain LoRA, alpha with rsLoRA) at r_new giving the scale alpha_old / r_old had."""
+    scale = alpha_old / r_old
+    plain, rs = scale * r_new, scale * _math.sqrt(r_new)
+
+    answer = _placeholder_pair(answer)
+
+    def find_problem(a):
+        if not isinstance(a, (tuple, list)) or len(a) != 2:
+            return "answer with a pair: (lora_alpha for plain LoRA, lora_alpha with use_rslora=True)."
+        a_plain, a_rs = _as_number(a[0]), _as_number(a[1])
+        if not _close(a_plain, plain, 1e-3):
+            if _close(a_plain, alpha_old):
+                return "keeping lora_alpha fixed shrinks the scale alpha / r when r grows; scale alpha with r."
+            return f"plain LoRA: the scale is lora_alpha / r; find lora_alpha with lora_alpha / {r_new} = {scale:g}."
+        if not _close(a_rs, rs, 1e-3):
+            if _close(a_rs, plain):
+                return "with use_rslora=True PEFT divides by sqrt(r), not r."
+            return f"rsLoRA: the scale is lora_alpha / sqrt(r); find lora_alpha with lora_alpha / sqrt({r_new}) = {scale:g}."
+        return None
+
+    return run_check("equivalent lora_alpha", answer, find_problem,
+                     success=f"correct: lora_alpha={plain:g} (plain) or {rs:.4g} (rsLoRA) keeps the scale at {scale:g}.")
+
+
+# ---------------------------------------------------------------------------
+# Lesson 08: capstone (making a plan fit, optimizer steps, adapter size of a 7B)
+# ---------------------------------------------------------------------------
+
+
+def check_fitting_change(answer: Any, plan: Any, profile: Any, options: dict) -> Feedback:
+    """Which single change in `options` (letter -> plan.replan kwargs) makes `plan` fit `profile`'s GPU."""
+    from .hardware import GIB as _GIB
+
+    available = profile.memory_gib * _GIB
+    totals = {letter: plan.replan(**change).total for letter, change in options.items()}
+    fitting = sorted(letter for letter, total in totals.items() if total <= available)
+
+    def find_problem(a):
+        letter = str(a).strip().lower()
+        if letter not in options:
+            return f"answer with one of the letters {sorted(options)}, e.g. answer = 'a'."
+        if letter in fitting:
+            return None
+        saved = (plan.total - totals[letter]) / _GIB
+        return (f"{options[letter]} saves only {saved:.2f} GiB: the plan still needs "
+                f"{totals[letter] / _GIB:.2f} GiB of {available / _GIB:.2f}. Look at the largest parts of the plan "
+                "(activations grow with batch x seq_len) and which change shrinks them.")
+
+    best = fitting[0] if fitting else None
+    success = (f"correct: {options[best]} brings it to {totals[best] / _GIB:.2f} GiB; activations scale with "
+               "batch x seq_len, rank and optimizer barely matter next to them." if best else "correct.")
+    return run_check("a change that fits", answer, find_problem, success=success)
+
+
+def check_optimizer_steps(answer: Any, n_examples: int, batch_size: int, grad_accum: int, epochs: int) -> Feedback:
+    """Optimizer steps for `epochs` passes over `n_examples` (incomplete micro-batches dropped)."""
+    micro_per_epoch = n_examples // batch_size
+    expected = epochs * micro_per_epoch // grad_accum
+
+    def find_problem(a):
+        value = _as_count(a)
+        if value == expected:
+            return None
+        if value == epochs * micro_per_epoch:
+            return "that counts micro-batches; the optimizer steps once every grad_accum micro-batches."
+        if value == micro_per_epoch // grad_accum:
+            return "that is one epoch; multiply by the number of epochs."
+        if value == epochs * n_examples:
+            return "that is the number of examples seen; divide by the effective batch (batch_size x grad_accum)."
+        if value == epochs * n_examples * grad_accum // batch_size:
+            return "gradient accumulation makes the effective batch larger, so there are fewer steps: divide by it."
+        return (f"{value} is not it: one optimizer step consumes batch_size x grad_accum = "
+                f"{batch_size * grad_accum} examples.")
+
+    return run_check("optimizer steps", answer, find_problem,
+                     success=f"correct: {expected} steps of {batch_size * grad_accum} examples each.")
+
+
+def _lora_params_from_config(config: Any, rank: int, suffixes: tuple[str, ...]) -> int:
+    h, i = config.hidden_size, config.intermediate_size
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    shapes = {"q_proj": (h, heads * head_dim), "k_proj": (h, kv * head_dim), "v_proj": (h, kv * head_dim),
+              "o_proj": (heads * head_dim, h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+    per_layer = sum(rank * (shapes[s][0] + shapes[s][1]) for s in suffixes)
+    return config.num_hidden_layers * per_layer
+
+
+def check_adapter_params(answer: Any, config: Any, rank: int = 16) -> Feedback:
+    """LoRA parameters for `rank` on all seven linear layers of every decoder layer of `config`."""
+    every = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    expected = _lora_params_from_config(config, rank, every)
+    layers = config.num_hidden_layers
+
+    class _NoGQA:  # the same config as if k and v had as many heads as q
+        def __init__(self, c):
+            self.__dict__.update(c.to_dict() if hasattr(c, "to_dict") else vars(c))
+            self.num_key_value_heads = self.num_attention_heads
+
+    def find_problem(a):
+        value = _as_count(a)
+        if value == expected:
+            return None
+        if value == _lora_params_from_config(_NoGQA(config), rank, every):
+            return ("k_proj and v_proj are smaller than q_proj: with grouped-query attention their output is "
+                    "num_key_value_heads x head_dim, not hidden_size.")
+        if value == _lora_params_from_config(config, rank, every[:4]):
+            return "that is the attention projections only; all-linear also wraps gate, up and down."
+        if value == expected // layers:
+            return f"that is one decoder layer; the model has {layers}."
+        if value == 4 * expected:
+            return "that is the size in bytes (fp32); the question asks for the number of parameters."
+        if value == 2 * expected:
+            return "twice too many: A (r x k) and B (d x r) together hold r (d + k) per matrix; count them once."
+        return f"{value:,} is not it; per wrapped matrix count r (d + k), then sum over 7 matrices and {layers} layers."
+
+    return run_check("adapter parameters", answer, find_problem,
+                     success=f"correct: {expected:,} parameters, {4 * expected / 2**20:.0f} MiB in fp32.")
+
+
+# ---------------------------------------------------------------------------
+# Lesson 07: QLoRA mechanics (stored bits of a real layer, 4-bit model size, what stays unquantized)
+# ---------------------------------------------------------------------------
+
+
+def _nf4_stored_tensors(layer: Any) -> tuple[list[_torch.Tensor], int]:
+    """The tensors a bitsandbytes 4-bit weight stores (without the two fixed code tables), and its numel."""
+    weight = getattr(layer, "weight", layer)
+    state = getattr(weight, "quant_state", None)
+    if state is None:
+        raise ValueError("pass a bitsandbytes Linear4bit layer (or its weight), e.g. model.model.layers[0].mlp.down_proj")
+    tensors = [weight.data, state.absmax]
+    if getattr(state, "nested", False):
+        tensors += [state.state2.absmax, state.offset]
+    return tensors, int(_math.prod(state.shape))
+
+
+def check_layer_stored_bits(answer: Any, layer: Any) -> Feedback:
+    """Lesson 07: bits per weight that one NF4 (+DQ) layer stores: packed codes plus its block constants."""
+    tensors, numel = _nf4_stored_tensors(layer)
+    state = getattr(layer, "weight", layer).quant_state
+    stored_bits = sum(t.numel() * t.element_size() * 8 for t in tensors)
+    expected = stored_bits / numel
+    tables_bits = 8 * (state.code.numel() * state.code.element_size()
+                       + (state.state2.code.numel() * state.state2.code.element_size() if state.nested else 0))
+    packed = tensors[0].numel()
+
+    def find_problem(a):
+        value = _q_number(a)
+        if _math.isclose(value, expected, rel_tol=1e-5):
+            return None
+        if _math.isclose(value, (stored_bits + tables_bits) / numel, rel_tol=1e-5):
+            return "you also counted the two code tables (16 and 256 fp32 values): they are format constants; leave them out."
+        if _math.isclose(value, stored_bits / packed, rel_tol=1e-5):
+            return (f"the packed tensor has {packed:,} bytes holding two 4-bit codes each: divide by the layer's "
+                    f"in x out = {numel:,} weights, not by the packed tensor's length.")
+        if _math.isclose(value, 4.5, rel_tol=1e-4):
+            return "4.5 is NF4 without double quantization; this layer stores its block scales in 8 bits."
+        if _math.isclose(value, 4.0, rel_tol=1e-4):
+            return "4 bits is the code alone; add the per-block constants (8-bit absmax, fp32 nested absmax, offset)."
+        if _math.isclose(value, stored_bits / 8 / numel, rel_tol=1e-5):
+            return "that is bytes per weight; multiply by 8 for bits."
+        return "bits = 8 x (bytes of weight.data + absmax + state2.absmax + offset) / (in_features x out_features)."
+
+    return run_check("stored bits of one NF4+DQ layer", answer, find_problem,
+                     success=f"correct: {expected:.5f} bits per weight.")
+
+
+def _qlora_base_bytes(config: Any, compute_dtype: Any) -> int:
+    from .memory import plan_memory
+
+    return plan_memory(config, method="qlora", compute_dtype=compute_dtype, device="cuda").model_bytes
+
+
+def check_qlora_model_bytes(answer: Any, config: Any, compute_dtype: Any = None) -> Feedback:
+    """Lesson 07: bytes of a model loaded as NF4+DQ with its other parts in `compute_dtype` (default bf16)."""
+    from .memory import model_layout
+
+    compute_dtype = compute_dtype or _torch.bfloat16
+    expected = _qlora_base_bytes(config, compute_dtype)
+    layout = model_layout(config)
+    total = layout.total_params
+    other_bytes = _torch.empty(0, dtype=compute_dtype).element_size()
+
+    def find_problem(a):
+        value = _q_number(a)
+        if value <= 0:
+            return "a model size is a positive number of bytes."
+        if abs(value - expected) <= 0.01 * expected:
+            return None
+        if abs(value - expected / 2**30) <= 0.01 * expected / 2**30 or abs(value - expected / 1e9) <= 0.01 * expected / 1e9:
+            return "answer in bytes, not GiB or GB (the check compares bytes)."
+        if abs(value - total / 2) <= 0.02 * total / 2 or abs(value - total * 4.127 / 8) <= 0.02 * total * 4.127 / 8:
+            return ("that assumes every parameter is stored in 4 bits; bitsandbytes quantizes only the decoder's "
+                    "linear layers: embeddings, lm_head and norms stay in the 16-bit dtype.")
+        if abs(value - layout.linear_weight_params / 2) <= 0.03 * layout.linear_weight_params / 2:
+            return "that is the 4-bit linear weights alone; add the block constants and the unquantized parts."
+        if abs(value - total * other_bytes) <= 0.01 * total * other_bytes:
+            return "that is the whole model in 16 bits: the decoder's linear layers are stored in 4 bits."
+        return ("ask the planner: plan_memory(config, method='qlora', compute_dtype=...).model_bytes "
+                "(base weights + quantization constants + unquantized parts).")
+
+    return run_check("size of the 4-bit model", answer, find_problem,
+                     success=f"correct: {expected / 2**30:.2f} GiB ({expected:,} bytes).")
+
+
+def check_unquantized_fraction(answer: Any, model: Any) -> Feedback:
+    """Lesson 07: the fraction of a quantized model's stored bytes that are NOT quantized weights or constants."""
+    from .memory import stored_bytes
+
+    parts = stored_bytes(model)
+    total = sum(parts.values())
+    expected = parts["unquantized"] / total
+    seen: set[int] = set()
+    params = other = 0
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    linear_ids = {id(m.weight) for m in model.modules()
+                  if isinstance(m, _torch.nn.Linear) and m is not output and m.weight is not None}
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        n = int(_math.prod(p.quant_state.shape)) if getattr(p, "quant_state", None) is not None else p.numel()
+        params += n
+        other += 0 if id(p) in linear_ids else n
+
+    def find_problem(a):
+        value = _q_number(a)
+        if _math.isclose(value, expected, rel_tol=1e-3):
+            return None
+        if _math.isclose(value, 100 * expected, rel_tol=1e-3):
+            return "that is a percentage; give a fraction between 0 and 1."
+        if _math.isclose(value, other / params, rel_tol=1e-3):
+            return ("that is the fraction of parameters; the question asks about bytes, and an unquantized "
+                    "parameter takes 8x the bytes of a 4-bit one.")
+        if _math.isclose(value, 1 - expected, rel_tol=1e-3):
+            return "that is the quantized part (weights and constants); the question asks for the rest."
+        if _math.isclose(value, parts["unquantized"] / (parts["base_weights"] + parts["unquantized"]), rel_tol=1e-3):
+            return "the total must include the quantization constants (absmax etc.) too."
+        return "fraction = stored_bytes(model)['unquantized'] / sum of all stored bytes."
+
+    return run_check("unquantized fraction", answer, find_problem,
+                     success=f"correct: {expected:.1%} of the bytes are not 4-bit.")
+
+
+# ---------------------------------------------------------------------------
+# Lesson 02: the SVD of a real weight update (random baseline, shared rank, adapter size)
+# ---------------------------------------------------------------------------
+
+import torch as _torch  # noqa: E402,F811  (re-imported so this section stands alone)
+
+
+def _energy_directions(singular_values: Any, fraction: float) -> int:
+    """Smallest k whose top-k squared singular values hold >= fraction of their sum."""
+    s = _torch.as_tensor(singular_values).detach().to(_torch.float64).cpu()
+    energy = s.square().cumsum(0)
+    return int((energy < fraction * energy[-1]).sum()) + 1
+
+
+def check_random_baseline(answer: Any, matrix: Any) -> Feedback:
+    """A Gaussian matrix with the shape and Frobenius norm of `matrix` (its no-structure twin)."""
+    target = _torch.as_tensor(matrix).detach().to(_torch.float64).cpu()
+    target_norm = _torch.linalg.matrix_norm(target).item()
+    generator = _torch.Generator().manual_seed(12345)
+    noise = _torch.randn(target.shape, generator=generator, dtype=_torch.float64)
+    reference_dirs = _energy_directions(_torch.linalg.svdvals(noise), 0.9)
+
+    def find_problem(a):
+        if not _torch.is_tensor(a):
+            return f"expected a torch tensor, got {type(a).__name__}."
+        value = a.detach().to(_torch.float64).cpu()
+        if tuple(value.shape) != tuple(target.shape):
+            if tuple(value.shape) == tuple(target.shape[::-1]):
+                return f"shape {tuple(value.shape)} is transposed; use delta.shape = {tuple(target.shape)}."
+            return f"shape {tuple(value.shape)}, expected {tuple(target.shape)} (delta.shape)."
+        norm = _torch.linalg.matrix_norm(value).item()
+        if _torch.allclose(value, target):
+            return "that is ΔW itself; the baseline must be random noise with ΔW's norm."
+        flat_a, flat_t = value.reshape(-1), target.reshape(-1)
+        cosine = (flat_a @ flat_t).abs().item() / max(norm * target_norm, 1e-300)
+        if cosine > 0.99:
+            return "that is a scaled copy of ΔW: it keeps ΔW's structure; draw fresh Gaussian noise instead."
+        if not _math.isclose(norm, target_norm, rel_tol=1e-4):
+            if _math.isclose(norm, _math.sqrt(value.numel()), rel_tol=0.05):
+                return (f"its Frobenius norm is {norm:.4g} (plain randn), but ΔW's is {target_norm:.4g}: "
+                        "multiply the noise by ||ΔW||_F / ||noise||_F.")
+            spectral = _torch.linalg.matrix_norm(target, ord=2).item()
+            if _math.isclose(_torch.linalg.matrix_norm(value, ord=2).item(), spectral, rel_tol=1e-4):
+                return "you matched the largest singular value (spectral norm); match the Frobenius norm instead."
+            return (f"its Frobenius norm is {norm:.4g}, ΔW's is {target_norm:.4g}: scale by "
+                    "torch.linalg.matrix_norm(delta) / torch.linalg.matrix_norm(noise).")
+        dirs = _energy_directions(_torch.linalg.svdvals(value), 0.9)
+        if dirs < 0.5 * reference_dirs:
+            return (f"90% of its energy sits in {dirs} directions, a Gaussian matrix of this shape needs about "
+                    f"{reference_dirs}: this is not unstructured noise. Use torch.randn(delta.shape, generator=gen).")
+        return None
+
+    return run_check("random baseline", answer, find_problem,
+                     success=f"correct: same shape, Frobenius norm {target_norm:.4g}, energy spread like noise.")
+
+
+def _spectra_list(spectra: Any) -> list[_torch.Tensor]:
+    values = spectra.values() if isinstance(spectra, dict) else spectra
+    values = [_torch.as_tensor(s).detach().to(_torch.float64).cpu() for s in values]
+    if not values:
+        raise ValueError("pass the singular values of at least one matrix (a dict name -> tensor, or a list).")
+    return values
+
+
+def check_shared_rank(answer: Any, spectra: Any, fraction: float = 0.8) -> Feedback:
+    """Smallest single rank r at which every matrix's top-r directions hold >= `fraction` of its energy."""
+    values = _spectra_list(spectra)
+    needed = sorted(_energy_directions(s, fraction) for s in values)
+    expected = needed[-1]
+    median = needed[(len(needed) - 1) // 2], needed[len(needed) // 2]
+    from_values = max(int((s.cumsum(0) < fraction * s.sum()).sum()) + 1 for s in values)
+    at_90 = max(_energy_directions(s, 0.9) for s in values) if fraction != 0.9 else None
+
+    def find_problem(a):
+        value = _as_count(a)
+        if value == expected:
+            return None
+        if value in median and value < expected:
+            return (f"{value} is about the median matrix's need; with one shared r the matrix that needs the most "
+                    f"directions decides, or it keeps less than {fraction:.0%}.")
+        if value == needed[0]:
+            return "that is the least any matrix needs; the shared r must satisfy every matrix, so take the largest."
+        if value == expected - 1:
+            return f"one short: at r={value} some matrix still keeps less than {fraction:.0%}. k counts directions (index + 1)."
+        if value == from_values:
+            return "energy is the squared singular value (||ΔW||_F^2 = sum s_i^2); you summed s_i themselves."
+        if at_90 is not None and value == at_90:
+            return f"that is the rank for 90% of the energy; the question asks for {fraction:.0%}."
+        if value > expected:
+            return f"r={value} works but is not the smallest: r={expected - 1} or less may already do. Check each matrix."
+        return f"at r={value} some matrices keep less than {fraction:.0%} of their energy."
+
+    return run_check(f"shared rank for {fraction:.0%}", answer, find_problem,
+                     success=f"correct: r={expected} (the median matrix would need only {needed[len(needed) // 2]}).")
+
+
+def check_adapter_params(answer: Any, shapes: Any, r: int) -> Feedback:
+    """Trainable parameters of a rank-r LoRA adapter on matrices of the given (d, k) shapes: sum r (d + k)."""
+    shapes = [tuple(int(n) for n in shape) for shape in shapes]
+    if not shapes or any(len(shape) != 2 for shape in shapes):
+        raise ValueError("shapes must be a non-empty list of (out_features, in_features) pairs.")
+    expected = sum(r * (d + k) for d, k in shapes)
+    full = sum(d * k for d, k in shapes)
+    widest = max(shapes, key=lambda s: s[0] + s[1])
+
+    def find_problem(a):
+        value = _as_count(a)
+        if value == expected:
+            return None
+        if value == full:
+            return "that is the number of weights in the full matrices; LoRA trains B (d x r) and A (r x k) instead."
+        if value == len(shapes) * r * (widest[0] + widest[1]):
+            return f"not every target is {widest[0]} x {widest[1]}: v_proj is narrower; use each matrix's own shape."
+        if value in {r * (d + k) for d, k in shapes}:
+            return f"that is one matrix; add r (d + k) over all {len(shapes)} target matrices."
+        if value == expected // 2 or value in (sum(r * d for d, _ in shapes), sum(r * k for _, k in shapes)):
+            return "you counted one of the two factors; each matrix gets B (d x r) and A (r x k)."
+        return f"{value:,} is not sum r (d + k) over the {len(shapes)} target matrices."
+
+    return run_check("adapter parameters", answer, find_problem,
+                     success=f"correct: {expected:,} trainable numbers vs {full:,} in the full matrices "
+                             f"({expected / full:.1%}).")

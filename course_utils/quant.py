@@ -19,6 +19,12 @@ that, and both are taught in lesson 06:
   `double_quantize_absmax(..., rounding="bitsandbytes_cpu")` reproduces it.
 
 Everything is vectorised: no Python loop runs over blocks or values.
+
+A caution found while testing: bitsandbytes 0.50.2's CPU `dequantize_4bit`
+returns wrong values when a block straddles two rows (row length not a
+multiple of the block size, e.g. 576 columns with block size 128); its own
+pure-PyTorch path and this module agree there. Rows of the course's models
+are multiples of 64, so QLoRA's setting is unaffected.
 """
 
 from __future__ import annotations
@@ -251,7 +257,7 @@ def quantize_4bit(w: torch.Tensor, block_size: int = 64, quant_type: str = "nf4"
     blocks = w.detach().float().reshape(-1, block_size)
     absmax = blocks.abs().amax(dim=1)
     scaled = blocks * (1.0 / absmax.clamp(min=1e-38))[:, None]  # all-zero block: scaled 0 -> level 0.0
-    midpoints, order = decision_midpoints(four_bit_table(quant_type))
+    midpoints, order = decision_midpoints(four_bit_table(quant_type).to(w.device))
     index = torch.searchsorted(midpoints, scaled.reshape(-1), side="left")
     return order[index].to(torch.uint8).reshape(w.shape), absmax
 
@@ -263,7 +269,7 @@ def dequantize_4bit(codes: torch.Tensor, absmax: torch.Tensor, quant_type: str =
         raise ValueError(f"{codes.numel()} codes do not split into {absmax.numel()} equal blocks: "
                          "pass the absmax that quantize_4bit returned with these codes.")
     block_size = codes.numel() // absmax.numel()
-    levels = four_bit_table(quant_type)[codes.long()]
+    levels = four_bit_table(quant_type).to(codes.device)[codes.long()]
     return (levels.reshape(-1, block_size) * absmax.float()[:, None]).reshape(codes.shape)
 
 
@@ -329,8 +335,8 @@ class DoubleQuantizedAbsmax:
 
 
 def _bnb_cpu_lookup_codes(scaled: torch.Tensor, midpoints: torch.Tensor) -> torch.Tensor:
-    """bitsandbytes' CPU 8-bit rounding: 65,536 even bins on [-1, 1], each mapped to a code once."""
-    grid = -1.0 + (2.0 * torch.arange(_LUT_SIZE, dtype=torch.float32)) / (_LUT_SIZE - 1)
+    """bitsandbytes' CPU 8-bit rounding: each value goes to the closest of 65,536 even points on [-1, 1], whose codes are precomputed."""
+    grid = -1.0 + (2.0 * torch.arange(_LUT_SIZE, dtype=torch.float32, device=scaled.device)) / (_LUT_SIZE - 1)
     table = torch.searchsorted(midpoints, grid, side="left")
     bins = ((scaled.clamp(-1, 1) + 1.0) * 0.5 * (_LUT_SIZE - 1) + 0.5).to(torch.int64)  # truncation, as C does
     return table[bins]
@@ -359,7 +365,7 @@ def double_quantize_absmax(absmax: torch.Tensor, block_size: int = 256,
     nested_absmax = blocks.abs().amax(dim=1)
     inverse = torch.where(nested_absmax > 0, 1.0 / nested_absmax, torch.zeros_like(nested_absmax))
     scaled = (blocks * inverse[:, None]).reshape(-1)[: flat.numel()]
-    code = dynamic_map_8bit()
+    code = dynamic_map_8bit().to(flat.device)
     midpoints = (code[:-1] + code[1:]) / 2
     if rounding == "nearest":
         codes = torch.searchsorted(midpoints, scaled, side="left")
@@ -373,7 +379,7 @@ def double_quantize_absmax(absmax: torch.Tensor, block_size: int = 256,
 def dequantize_absmax(state: DoubleQuantizedAbsmax) -> torch.Tensor:
     """The first-level scales back in float32, as bitsandbytes recovers them before dequantizing weights."""
     n = state.codes.numel()
-    values = dynamic_map_8bit()[state.codes.long()]
+    values = dynamic_map_8bit().to(state.codes.device)[state.codes.long()]
     scales = state.nested_absmax.repeat_interleave(state.block_size)[:n]
     return values * scales + state.offset
 
