@@ -1,7 +1,8 @@
 """Support package for the LoRA and QLoRA course.
 
 One module per concern; each lesson says which module it builds or uses:
-hardware, models, data, evaluate, lora, train, quant, memory, plots, checks.
+hardware, models, data, evaluate, linalg, lora, train, quant, memory, choose,
+plots, checks.
 """
 
 __version__ = "0.1.0"
