@@ -28,7 +28,19 @@ every linear layer, norm and bias is counted exactly as transformers builds it
 The static parts (weights, constants, adapters, optimizer states) are exact
 byte counts of what PyTorch, PEFT and bitsandbytes allocate; the tests compare
 them with real loaded models. Activations are an estimate; see
-`estimate_activations` for the formula and its assumptions.
+`estimate_activations` for the formula and its assumptions (the tests compare
+it with the bytes autograd really saves).
+
+    plan = plan_memory("qwen2.5-7b", "qlora", batch=2, seq_len=512,
+                       gradient_checkpointing=True, optimizer="paged_adamw_8bit", profile=T4)
+    print(plan)                  # every part in GiB
+    print(plan.verdict(T4))      # fits? if not, which changes would make it fit
+    plan.replan(seq_len=1024)    # the same plan with one setting changed
+
+`load_config` finds configs by short name (see `SHIPPED_CONFIGS`), file,
+folder or cached hub id; `stored_bytes(model)` and
+`saved_activation_bytes(model, input_ids)` measure a real model in the same
+categories, so a lesson can put prediction and measurement side by side.
 """
 
 from __future__ import annotations
@@ -202,6 +214,7 @@ class ModelLayout:
     buffer_bytes: int  # rotary inv_freq etc., kept in fp32
     layer_norm_widths: tuple[int, ...]  # widths of the RMSNorms inside one decoder layer
     other_tensors: tuple[int, ...]  # element counts of the `other_params` tensors (optimizer states are per tensor)
+    pre_norm: bool  # layers start with a norm (Llama, Qwen2); OLMo 2 normalises after attention and MLP
 
     @property
     def linear_weight_params(self) -> int:
@@ -217,7 +230,9 @@ class ModelLayout:
 
 
 def _config_key(config) -> str:
-    return json.dumps(config.to_dict(), sort_keys=True, default=str)
+    data = config.to_dict()
+    data.pop("quantization_config", None)  # shapes only: a loaded model's quantization is planned separately
+    return json.dumps(data, sort_keys=True, default=str)
 
 
 @functools.lru_cache(maxsize=32)
@@ -269,6 +284,7 @@ def _layout_from_key(key: str) -> ModelLayout:
         buffer_bytes=buffer_bytes,
         layer_norm_widths=norm_widths,
         other_tensors=tuple(other_tensors),
+        pre_norm=hasattr(layers[0], "input_layernorm"),
     )
 
 
@@ -405,10 +421,16 @@ def estimate_activations(layout: ModelLayout, targets: tuple[LinearShape, ...], 
       - full FT also saves each norm's normalized output, for the norm weight's gradient.
     With gradient checkpointing a layer keeps only its input (residual dtype x hidden);
     in backward one layer at a time is recomputed, so one layer's activations are back briefly.
-    The head saves the final norm's fp32 input and the fp32 log-softmax of the logits
-    (4 x vocab per token). At the start of backward the logits (b x vocab) and two fp32
-    gradient buffers of the same size are alive too: (b + 8) x vocab per token more,
-    usually the largest single term for big vocabularies.
+    (Layer 0's first norm is the exception: with frozen embeddings nothing before it
+    trains, so LoRA without checkpointing does not save its input.)
+    The head saves the final norm's fp32 input, the fp32 log-softmax of the logits
+    (4 x vocab per token), the labels and the rotary cos/sin. At the start of backward
+    the logits (b x vocab) and two fp32 gradient buffers of the same size are alive
+    too: (b + 8) x vocab per token more, usually the largest single term for big
+    vocabularies (fused or chunked cross-entropy kernels, as in Unsloth, avoid most of it).
+    16-bit compute is assumed to run under autocast (the Trainer's fp16=True / bf16=True);
+    a loop without autocast saves PEFT's fp32 input casts instead, 4 x in_features per
+    targeted module and token.
     Under 16-bit compute autocast also keeps a 16-bit copy of each fp32 weight that
     trains (the adapters; every weight in full FT) until backward.
     Not counted: dropout masks (LoRA dropout adds about in_features x (b + 1) bytes per
@@ -445,7 +467,14 @@ def estimate_activations(layout: ModelLayout, targets: tuple[LinearShape, ...], 
     else:
         layers = layout.num_layers * per_layer
         recompute = 0
-    head = tokens * (4 * h + 4 + 4 * layout.vocab_size)
+        if method != "full" and layout.pre_norm:
+            # Nothing before layer 0's first norm trains (frozen embeddings), so autograd skips its input.
+            layers -= tokens * (4 * layout.layer_norm_widths[0] + 4)
+    # Final norm's fp32 input and 1/rms, the fp32 log-softmax, the int64 labels, and rotary cos/sin
+    # (one seq_len x head_dim pair for the whole batch, in the residual dtype).
+    head = tokens * (4 * h + 4 + 4 * layout.vocab_size + 8) + seq_len * 2 * layout.head_dim * _bytes_per(residual_dtype)
+    if method == "full":  # the final norm's weight and lm_head train: normalized output and lm_head input; embedding indices
+        head += tokens * (2 * b * h + 8)
     loss_peak = tokens * (b + 8) * layout.vocab_size
     weight_casts = b * fp32_trainable_params if b < 4 else 0
     return ActivationEstimate(per_layer, layers, head, loss_peak, recompute, weight_casts)
@@ -630,6 +659,8 @@ def plan_memory(
     """
     settings = _check_settings(method, rank, batch, seq_len, gradient_checkpointing, optimizer, quantization,
                                double_quant, compute_dtype, weight_dtype, unquantized_dtype, device, profile)
+    if name is None and isinstance(config, str):
+        name = config
     config = load_config(config)
     layout = model_layout(config)
     target_layers = resolve_targets(layout, targets) if settings.method != "full" else ()
@@ -774,12 +805,13 @@ def verdict(plan: MemoryPlan, profile: HardwareProfile) -> Verdict:
     """Judge `plan` on `profile`'s device; if it does not fit, say what would.
 
     The plan is first re-made with the profile's device and compute dtype (a T4
-    computes in fp16, a CPU in fp32). Candidate changes: gradient
-    checkpointing, a paged 8-bit optimizer, QLoRA, batch 1 (gradient
-    accumulation keeps the effective batch), shorter sequences, rank 8. Each
-    is tried alone; then they are combined, biggest saving first, until the
-    plan fits. If all of them together still do not fit, the model is too big
-    for the device.
+    computes in fp16, a CPU in fp32). Candidate changes, in order of
+    preference (the first ones do not change what the model learns):
+    gradient checkpointing, batch 1 with gradient accumulation, a paged 8-bit
+    optimizer, QLoRA, shorter sequences, rank 8. Each is tried alone; the
+    recipe adds them in that order until the plan fits, then drops any that
+    turned out unnecessary. If all of them together still do not fit, the
+    model is too big for the device.
     """
     if (plan.settings.device, plan.settings.compute_dtype) != (profile.device, profile.compute_dtype):
         plan = plan.replan(device=profile.device, compute_dtype=profile.compute_dtype)
@@ -787,16 +819,17 @@ def verdict(plan: MemoryPlan, profile: HardwareProfile) -> Verdict:
     if plan.fits(available):
         return Verdict(True, plan, available, (), None)
     s = plan.settings
+    # In order of preference: changes that leave the training result alone come first.
     steps: list[tuple[str, dict]] = []
     if not s.gradient_checkpointing:
         steps.append(("turn on gradient checkpointing", {"gradient_checkpointing": True}))
+    if s.batch > 1:
+        steps.append((f"batch 1 (gradient accumulation {s.batch} keeps the effective batch)", {"batch": 1}))
     if s.optimizer in ("adamw_torch", "paged_adamw_32bit"):
         steps.append(("use optimizer='paged_adamw_8bit'", {"optimizer": "paged_adamw_8bit"}))
     if s.method != "qlora":
-        steps.append(("switch to QLoRA (nf4 + DQ base, all-linear adapters)",
+        steps.append(("switch to QLoRA (nf4 + DQ base)",
                       {"method": "qlora", "targets": s.targets or ALL_LINEAR_TARGETS}))
-    if s.batch > 1:
-        steps.append((f"batch 1 (gradient accumulation {s.batch} keeps the effective batch)", {"batch": 1}))
     if s.seq_len > 128:
         shorter = max(128, s.seq_len // 4)
         steps.append((f"shorter sequences (seq_len={shorter})", {"seq_len": shorter}))
@@ -807,16 +840,25 @@ def verdict(plan: MemoryPlan, profile: HardwareProfile) -> Verdict:
         total = plan.replan(**kwargs).total
         alone.append(Suggestion(change, kwargs, total, total <= available))
     alone.sort(key=lambda sug: sug.total)
-    combined: dict[str, Any] = {}
-    words: list[str] = []
+
+    def combine(chosen: list[tuple[str, dict]]) -> Suggestion:
+        settings = {k: v for _, kwargs in chosen for k, v in kwargs.items()}
+        total = plan.replan(**settings).total
+        return Suggestion(" + ".join(change for change, _ in chosen), settings, total, total <= available)
+
+    chosen: list[tuple[str, dict]] = []
     recipe = None
-    for change, kwargs in ((sug.change, sug.settings) for sug in alone):  # biggest saving first
-        combined.update(kwargs)
-        words.append(change)
-        total = plan.replan(**combined).total
-        recipe = Suggestion(" + ".join(words), dict(combined), total, total <= available)
+    for step in steps:  # add changes in order of preference until it fits ...
+        chosen.append(step)
+        recipe = combine(chosen)
         if recipe.fits:
             break
+    if recipe is not None and recipe.fits:  # ... then drop any that turned out not to be needed
+        for step in reversed(list(chosen)):  # least preferred first
+            fewer = [other for other in chosen if other is not step]
+            if fewer and combine(fewer).fits:
+                chosen = fewer
+        recipe = combine(chosen)
     return Verdict(False, plan, available, tuple(alone), recipe)
 
 
