@@ -725,7 +725,7 @@ def _lora_params_from_config(config: Any, rank: int, suffixes: tuple[str, ...]) 
     return config.num_hidden_layers * per_layer
 
 
-def check_adapter_params(answer: Any, config: Any, rank: int = 16) -> Feedback:
+def check_config_adapter_params(answer: Any, config: Any, rank: int = 16) -> Feedback:
     """LoRA parameters for `rank` on all seven linear layers of every decoder layer of `config`."""
     every = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     expected = _lora_params_from_config(config, rank, every)
