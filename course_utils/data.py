@@ -166,6 +166,13 @@ TEMPLATES: tuple[Template, ...] = (
     Template("max", "aggregate",
              ("What is the highest {num} of any {noun}?", "Find the maximum {num} among all {plural}."),
              "SELECT MAX({num}) FROM {table};"),
+    Template("sum_category", "aggregate",
+             ("What is the total {num} of {plural} with {cat} {c}?", "Add up the {num} of all {cat} {c} {plural}."),
+             "SELECT SUM({num}) FROM {table} WHERE {cat} = '{c}';"),
+    Template("filter_two", "filter",
+             ("Which {plural} with {cat} {c} have {num} below {v}?",
+              "List the {cat} {c} {plural} whose {num} is less than {v}."),
+             "SELECT name FROM {table} WHERE {cat} = '{c}' AND {num} < {v};"),
     Template("group_count", "group by",
              ("How many {plural} are there for each {cat}?", "Count the {plural} per {cat}."),
              "SELECT {cat}, COUNT(*) FROM {table} GROUP BY {cat};"),
@@ -188,7 +195,8 @@ TEMPLATES: tuple[Template, ...] = (
               "Count the {plural} whose {parent_noun} has {attr} {a}."),
              "SELECT COUNT(*) FROM {table} JOIN {parent} ON {table}.{fk} = {parent}.id "
              "WHERE {parent}.{attr} = '{a}';"),
-    # Held out: new combinations of pieces seen in training; test split only.
+    # Held out: new combinations of pieces seen in training (COUNT with two conditions, a
+    # GROUP BY ordered by its count, SUM over a join); test split only.
     Template("count_category_gt", "filter",
              ("How many {plural} with {cat} {c} have {num} above {v}?",),
              "SELECT COUNT(*) FROM {table} WHERE {cat} = '{c}' AND {num} > {v};", heldout=True),
@@ -237,19 +245,23 @@ def generate_sql_examples(seed: int = SEED, sizes: dict[str, int] | None = None)
     seen_t = [t for t in TEMPLATES if not t.heldout]
     new_t = [t for t in TEMPLATES if t.heldout]
     conns: dict[str, sqlite3.Connection] = {}
-    used: set[str] = set()
+    test_keys: set[str] = set()
 
     def draw(dbs: list[Database], templates: list[Template], split: str, group: str) -> dict:
+        # Template and database are drawn uniformly, so rare templates are as frequent as common
+        # ones. A test question is unique within the test split and never appears in train or
+        # validation; train may repeat a question (templates with few slots have few questions).
         while True:
             db, template = rng.choice(dbs), rng.choice(templates)
-            question, sql = _fill(template, db, rng)
-            key = f"{db.db_id}|{question}"
-            if key in used or not _gold_is_informative(db.db_id, sql, conns):
-                continue
-            used.add(key)
-            return {"task": "sql", "split": split, "db_id": db.db_id, "schema": db.schema_text(),
-                    "question": question, "answer": sql, "template": template.name, "kind": template.kind,
-                    "group": group}
+            for _attempt in range(50):
+                question, sql = _fill(template, db, rng)
+                key = f"{db.db_id}|{question}"
+                if key not in test_keys and _gold_is_informative(db.db_id, sql, conns):
+                    if split == "test":
+                        test_keys.add(key)
+                    return {"task": "sql", "split": split, "db_id": db.db_id, "schema": db.schema_text(),
+                            "question": question, "answer": sql, "template": template.name,
+                            "kind": template.kind, "group": group}
 
     splits: dict[str, list[dict]] = {}
     for split in ("test", "validation", "train"):  # test first, so train never repeats a test question
