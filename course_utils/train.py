@@ -14,6 +14,7 @@ again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -162,6 +163,28 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler) -> tuple[int, lis
     return state["step"], list(state["losses"])
 
 
+def undo_cpu_inference_packing(model: torch.nn.Module) -> int:
+    """Give 4-bit weights their trainable layout back; returns how many layers were repacked.
+
+    bitsandbytes (0.50, on CPUs with AVX512-BF16) repacks a Linear4bit's weight
+    for fast inference on its first eval-mode forward (generation, evaluation).
+    That layout has no backward: gradients silently stop at every 4-bit layer,
+    so an NF4 model evaluated before training would train (almost) nothing.
+    """
+    try:
+        import bitsandbytes as bnb
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+    except Exception:  # no bitsandbytes, no 4-bit layers
+        return 0
+    count = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and getattr(module.weight.quant_state, "packing_format_for_cpu", False):
+            module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                module.weight.data, module.weight.quant_state)
+            count += 1
+    return count
+
+
 def train(model, tokenizer, examples: Sequence[dict], config: TrainConfig, output_dir: str | Path | None = None,
           stop_after: int | None = None) -> TrainResult:
     """Train the parameters of `model` that require grad on `examples`.
@@ -175,6 +198,7 @@ def train(model, tokenizer, examples: Sequence[dict], config: TrainConfig, outpu
     device = next(model.parameters()).device
     features = [training_features(tokenizer, e, config.max_length) for e in examples]
     params = [p for p in model.parameters() if p.requires_grad]
+    undo_cpu_inference_packing(model)  # an evaluated NF4 model on the CPU would otherwise get no gradients
     optimizer = make_optimizer(params, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, config))
     if config.gradient_checkpointing:
@@ -303,7 +327,12 @@ def load_base_for(settings: AdapterSettings, profile: HardwareProfile | None = N
 
 
 def adapter_dir(settings: AdapterSettings) -> Path:
-    return cache_dir("adapters") / f"{settings.task}-r{settings.r}-{settings_key(asdict(settings))}"
+    """The cache folder of an adapter: named by its settings and the training data it saw."""
+    from .data import data_path
+
+    train_file = data_path(settings.task, "train")
+    key = settings_key(asdict(settings) | {"train_data": hashlib.sha256(train_file.read_bytes()).hexdigest()})
+    return cache_dir("adapters") / f"{settings.task}-r{settings.r}-{key}"
 
 
 def train_lora_adapter(settings: AdapterSettings, profile: HardwareProfile | None = None,
