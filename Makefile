@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup lab run-all test test-unit test-notebooks solutions clean
+.PHONY: setup lab run-all test solutions bundle clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: setup
 # Rebuild notebooks/solutions/ from the lessons, keeping the solved exercise cells.
 solutions: setup
 	$(PY) tools/sync_solutions.py
+
+# Offline workshop bundle (docs/instructor.md): make bundle OUT=/media/usb/lora-course-bundle
+bundle: setup
+	$(PY) tools/build_bundle.py $(or $(OUT),dist/lora-course-bundle) $(BUNDLE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
