@@ -223,9 +223,28 @@ def load_model(
     model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     if quantization is None:
         model.to(device or profile.device)
+    else:
+        keep_cpu_compute_dtype(model)
     model.eval()
     model.course_source = source  # where it came from, for printing
     return model
+
+
+def keep_cpu_compute_dtype(model: torch.nn.Module) -> int:
+    """Stop bitsandbytes' CPU bf16 shortcut on 4-bit layers; returns how many layers it touched.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.50) swaps an eval-mode Linear4bit
+    to a fused bf16 kernel on its first forward: it repacks the weight (undoing
+    double quantization), computes in bf16 rather than the configured compute
+    dtype, and the repacked layer passes no gradient. The course computes in
+    fp32 on a CPU and trains after evaluating, so it keeps the ordinary path.
+    """
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count
 
 
 def model_size_bytes(model: torch.nn.Module) -> int:
