@@ -1,0 +1,158 @@
+"""The course training loop: resume equals an uninterrupted run, seeded batches, clear errors, adapter cache.
+
+Runs on the tiny model with a rank-2 LoRA on q_proj and v_proj, 8 examples,
+batch 2 and 4 steps, so each training run takes a few seconds on a CPU.
+"""
+
+import pytest
+import torch
+
+from course_utils import train as train_module
+from course_utils.data import load_examples
+from course_utils.models import load_model, load_tokenizer
+from course_utils.train import (AdapterSettings, TrainConfig, adapter_dir, batch_indices, learning_rate_factor,
+                                train, train_lora_adapter, trainable_state)
+
+STEPS = 4
+# Resumed and uninterrupted runs execute the same float32 operations in the same order on the same
+# machine, so they should agree to rounding; this tolerance allows for nothing more.
+TOLERANCE = 1e-6
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return load_examples("sql", "train", limit=8)
+
+
+def lora_model(seed: int = 0):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)  # LoRA's A is drawn at random: same seed, same start
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    return get_peft_model(load_model(), config)
+
+
+def config(**changes):
+    return TrainConfig(**(dict(steps=STEPS, batch_size=2, learning_rate=1e-3, warmup_steps=1, seed=3) | changes))
+
+
+def test_resume_after_disconnect_equals_uninterrupted_run(tmp_path, tokenizer, examples):
+    straight = lora_model()
+    full = train(straight, tokenizer, examples, config(), output_dir=tmp_path / "straight")
+    assert len(full.losses) == STEPS and full.resumed_from == 0
+
+    first = lora_model()
+    part = train(first, tokenizer, examples, config(), output_dir=tmp_path / "resumed", stop_after=2)
+    assert len(part.losses) == 2
+    del first  # the "disconnect": a fresh process builds a new model (with a different random A)
+    second = lora_model(seed=123)
+    rest = train(second, tokenizer, examples, config(), output_dir=tmp_path / "resumed")
+    assert rest.resumed_from == 2
+    assert torch.allclose(torch.tensor(rest.losses), torch.tensor(full.losses), rtol=0, atol=TOLERANCE)
+    expected, got = trainable_state(straight), trainable_state(second)
+    assert expected.keys() == got.keys() and len(expected) > 0
+    for name in expected:
+        assert torch.allclose(got[name], expected[name], rtol=0, atol=TOLERANCE), name
+    # the weights did move: the comparison is not between two untouched initialisations
+    start = trainable_state(lora_model())
+    assert any(not torch.allclose(start[n], expected[n]) for n in expected)
+
+
+def test_finished_run_is_not_trained_again(tmp_path, tokenizer, examples):
+    model = lora_model()
+    train(model, tokenizer, examples, config(), output_dir=tmp_path)
+    again = train(lora_model(), tokenizer, examples, config(), output_dir=tmp_path)
+    assert again.resumed_from == STEPS and again.tokens == 0
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path, tokenizer, examples):
+    from peft import LoraConfig, get_peft_model
+
+    train(lora_model(), tokenizer, examples, config(), output_dir=tmp_path, stop_after=1)
+    other = get_peft_model(load_model(), LoraConfig(r=2, target_modules=["k_proj"], task_type="CAUSAL_LM"))
+    with pytest.raises(ValueError, match="fresh output folder"):
+        train(other, tokenizer, examples, config(), output_dir=tmp_path)
+
+
+def test_batch_indices_are_a_seeded_shuffle_per_epoch():
+    n, size = 10, 3  # 3 full batches per epoch, one example left out each epoch
+    first_epoch = [batch_indices(n, size, step, seed=7) for step in range(3)]
+    assert first_epoch == [batch_indices(n, size, step, seed=7) for step in range(3)]  # pure function
+    flat = [i for batch in first_epoch for i in batch]
+    assert len(set(flat)) == 9 and all(0 <= i < n for i in flat)  # no repeats within an epoch
+    assert all(len(batch) == size for batch in first_epoch)
+    assert [batch_indices(n, size, s, seed=8) for s in range(3)] != first_epoch
+    assert [batch_indices(n, size, s, seed=7) for s in range(3, 6)] != first_epoch  # next epoch, new order
+    with pytest.raises(ValueError, match="lower batch_size"):
+        batch_indices(2, 3, 0, seed=0)
+
+
+def test_learning_rate_schedule():
+    cfg = TrainConfig(steps=20, warmup_steps=4)
+    assert [learning_rate_factor(s, cfg) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert learning_rate_factor(4, cfg) == pytest.approx(1.0)
+    assert learning_rate_factor(20, cfg) == pytest.approx(0.1)
+    factors = [learning_rate_factor(s, cfg) for s in range(4, 21)]
+    assert all(a >= b for a, b in zip(factors, factors[1:]))
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(steps=0), "positive"), (dict(batch_size=0), "positive"), (dict(grad_accum=-1), "positive"),
+    (dict(optimizer="adam"), "Unknown optimizer"),
+])
+def test_bad_train_config(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**changes)
+
+
+def test_nothing_to_train_is_an_error(tokenizer, examples):
+    model = load_model()
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="No trainable parameters"):
+        train(model, tokenizer, examples, config())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="8-bit optimizers run on a GPU")
+def test_8bit_optimizer_needs_a_gpu(tokenizer, examples):
+    with pytest.raises(ValueError, match="CUDA GPU"):
+        train(lora_model(), tokenizer, examples, config(optimizer="paged_adamw_8bit"))
+
+
+def test_too_long_example_is_an_error(tokenizer, examples):
+    with pytest.raises(ValueError, match="raise max_length"):
+        train(lora_model(), tokenizer, examples, config(max_length=16))
+
+
+def test_unknown_target_set():
+    with pytest.raises(ValueError, match="Unknown target set"):
+        AdapterSettings(targets="mlp").target_modules()
+    assert AdapterSettings(targets=("q_proj",)).target_modules() == ["q_proj"]
+
+
+def test_adapter_is_cached_by_its_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    settings = AdapterSettings(r=1, targets="qv", steps=2, batch_size=2)
+    folder = train_lora_adapter(settings)
+    assert folder == adapter_dir(settings) and folder.is_relative_to(tmp_path)
+    for name in ("adapter_model.safetensors", "adapter_config.json", "train_log.json"):
+        assert (folder / name).exists(), name
+    assert not (folder / "checkpoint").exists()
+    stamp = (folder / "adapter_model.safetensors").stat().st_mtime_ns
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached adapter must not be trained again")
+
+    monkeypatch.setattr(train_module, "train", no_training)
+    assert train_lora_adapter(settings) == folder
+    assert (folder / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+    other = AdapterSettings(r=1, targets="qv", steps=2, batch_size=2, seed=1)  # one knob differs: new folder
+    assert adapter_dir(other) != folder
+    with pytest.raises(AssertionError, match="must not be trained"):
+        train_lora_adapter(other)
+    with pytest.raises(AssertionError, match="must not be trained"):
+        train_lora_adapter(settings, force=True)
