@@ -127,12 +127,18 @@ DATABASES: tuple[Database, ...] = (
 DATABASE_BY_ID = {db.db_id: db for db in DATABASES}
 
 
-def connect(db_id: str) -> sqlite3.Connection:
-    """A fresh in-memory copy of one database (the evaluator never touches a file)."""
+def database_script(db_id: str) -> str:
+    """The CREATE and INSERT statements that build database `db_id` (what `connect` runs)."""
     if db_id not in DATABASE_BY_ID:
         raise ValueError(f"Unknown database {db_id!r}; choose one of {sorted(DATABASE_BY_ID)}.")
+    return DATABASE_BY_ID[db_id].sql_script()
+
+
+def connect(db_id: str) -> sqlite3.Connection:
+    """A fresh in-memory copy of one database (the evaluator never touches a file)."""
+    script = database_script(db_id)
     conn = sqlite3.connect(":memory:")
-    conn.executescript(DATABASE_BY_ID[db_id].sql_script())
+    conn.executescript(script)
     return conn
 
 
