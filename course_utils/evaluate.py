@@ -1,33 +1,39 @@
 """Exact scores for the course's tasks, and perplexity.
 
-Model output is untrusted. A predicted SQL query runs only as a single
-read-only SELECT (or WITH ... SELECT) on a fresh in-memory copy of the
-database, under an authorizer that refuses ATTACH, PRAGMA and every write,
-with a time limit. Anything malformed scores 0 with the reason recorded; the
-run never crashes because of what a model wrote.
+Model output is untrusted, and one bad answer must never abort an evaluation:
+every scorer returns a score of 0 with the reason instead of raising.
+
+A predicted SQL query runs in `sql_sandbox`: a single read-only SELECT (or
+WITH ... SELECT), in a separate worker process, on an in-memory copy of the
+database, under an authorizer that refuses ATTACH, PRAGMA, every write and
+every SQL function outside a short allowlist, with SQLite's size limits, a
+heap limit, and a deadline after which the worker is killed. Reasons start
+with "match", "wrong result", "rejected:", "timeout:", "too large:",
+"out of memory:" or "error:". The gold query is the course's own and runs
+in-process.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import re
-import sqlite3
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import torch
 
-from .data import JSON_FIELDS, connect
-
-SQL_TIME_LIMIT_S = 2.0
-MAX_ROWS = 10_000
-
-_ALLOWED_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION}
-if hasattr(sqlite3, "SQLITE_RECURSIVE"):
-    _ALLOWED_ACTIONS.add(sqlite3.SQLITE_RECURSIVE)
+from .data import JSON_FIELDS, connect, database_script
+from .sql_sandbox import (  # noqa: F401  (re-exported: the public API of this module)
+    MAX_ROWS,
+    SQL_TIME_LIMIT_S,
+    QueryTooLarge,
+    SqlSandbox,
+    UnsafeQuery,
+    run_readonly_query,
+)
 
 
 @dataclass
@@ -64,50 +70,22 @@ class EvalReport:
         return f"accuracy {self.accuracy:.1%} on {len(self.results)} examples ({parts})"
 
 
-class UnsafeQuery(ValueError):
-    """The query is not a single read-only SELECT."""
+# An opening fence with an optional info string on its own line (```sql, ```sqlite, ```SQL ...),
+# then the code up to the closing fence or the end of the text (an answer cut off by max_new_tokens).
+_FENCE = re.compile(r"```(?:[ \t]*(?!(?i:select|with)\b)[\w+.-]*[ \t]*\n)?(.*?)(?:```|\Z)", flags=re.S)
 
 
 def extract_sql(text: str) -> str:
-    """The query inside a model's answer: strips code fences and surrounding prose markers."""
+    """The query inside a model's answer: the first fenced block if there is one, else the whole text."""
     text = text.strip()
-    fenced = re.search(r"```(?:sql|sqlite)?\s*(.*?)```", text, flags=re.S | re.I)
+    fenced = _FENCE.search(text)
     if fenced:
         text = fenced.group(1).strip()
     return text
 
 
-def _authorizer(action: int, *_args: Any) -> int:
-    return sqlite3.SQLITE_OK if action in _ALLOWED_ACTIONS else sqlite3.SQLITE_DENY
-
-
-def run_readonly_query(conn: sqlite3.Connection, sql: str, time_limit_s: float = SQL_TIME_LIMIT_S) -> list[tuple]:
-    """Run one SELECT with an authorizer and a deadline; raise on anything else.
-
-    Raises UnsafeQuery for non-SELECT text or several statements, and
-    sqlite3.Error for a denied action, a syntax error or the time limit.
-    """
-    query = sql.strip()
-    if not re.match(r"^(select|with)\b", query, flags=re.I):
-        raise UnsafeQuery("not a SELECT query")
-    body = query.rstrip().rstrip(";")
-    deadline = time.monotonic() + time_limit_s
-    conn.set_authorizer(_authorizer)
-    conn.set_progress_handler(lambda: 1 if time.monotonic() > deadline else 0, 10_000)
-    try:
-        # sqlite3 compiles one statement and refuses text after it.
-        cursor = conn.execute(body)
-        rows = cursor.fetchmany(MAX_ROWS + 1)
-    except sqlite3.ProgrammingError as exc:
-        if "one statement" in str(exc):
-            raise UnsafeQuery("more than one statement") from None
-        raise
-    finally:
-        conn.set_progress_handler(None, 0)
-        conn.set_authorizer(None)
-    if len(rows) > MAX_ROWS:
-        raise UnsafeQuery(f"more than {MAX_ROWS} rows")
-    return rows
+_SANDBOX = SqlSandbox()  # one worker process, started on the first query
+atexit.register(_SANDBOX.close)
 
 
 def _normalise(rows: Iterable[tuple]) -> list[tuple]:
@@ -123,29 +101,35 @@ def _gold_is_ordered(sql: str) -> bool:
     return re.search(r"\border\s+by\b", sql, flags=re.I) is not None
 
 
+def _not_text(prediction: Any) -> str | None:
+    """The reason a prediction cannot be scored as text, or None when it is text."""
+    if isinstance(prediction, str):
+        return None
+    return f"error: the prediction is {type(prediction).__name__}, not text"
+
+
 def score_sql(prediction: str, gold_sql: str, db_id: str) -> tuple[bool, str]:
-    """Execution match of one predicted query against the gold query."""
+    """Execution match of one predicted query against the gold query; never raises on the prediction.
+
+    The gold query is trusted and runs in-process (an error there is a bug in
+    the data, and raises). The prediction runs in the sandbox's worker process.
+    """
     conn = connect(db_id)
     try:
         gold = _normalise(conn.execute(gold_sql).fetchall())
-        try:
-            predicted = _normalise(run_readonly_query(conn, extract_sql(prediction)))
-        except UnsafeQuery as exc:
-            return False, f"rejected: {exc}"
-        except sqlite3.Error as exc:
-            message = str(exc)
-            if "interrupted" in message:
-                return False, f"timeout: over {SQL_TIME_LIMIT_S} s"
-            if "not authorized" in message:
-                return False, "rejected: action not allowed"
-            return False, f"error: {message}"
-        if _gold_is_ordered(gold_sql):
-            same = predicted == gold
-        else:
-            same = Counter(predicted) == Counter(gold)
-        return same, "match" if same else "wrong result"
     finally:
         conn.close()
+    if (why := _not_text(prediction)) is not None:
+        return False, why
+    try:
+        rows, reason = _SANDBOX.run(database_script(db_id), extract_sql(prediction), SQL_TIME_LIMIT_S)
+        if rows is None:
+            return False, reason
+        predicted = _normalise(rows)
+        same = predicted == gold if _gold_is_ordered(gold_sql) else Counter(predicted) == Counter(gold)
+    except Exception as exc:  # whatever a model wrote, one answer must not abort the evaluation
+        return False, f"error: {type(exc).__name__}: {str(exc)[:160]}"
+    return same, "match" if same else "wrong result"
 
 
 def execution_accuracy(predictions: Sequence[str], examples: Sequence[dict]) -> EvalReport:
@@ -155,29 +139,70 @@ def execution_accuracy(predictions: Sequence[str], examples: Sequence[dict]) -> 
     report = EvalReport()
     for prediction, example in zip(predictions, examples):
         ok, reason = score_sql(prediction, example["answer"], example["db_id"])
-        report.results.append(ScoredExample(example.get("id", ""), ok, float(ok), reason, prediction,
+        report.results.append(ScoredExample(example.get("id", ""), ok, float(ok), reason, _as_text(prediction),
                                             example.get("group", "")))
     return report
 
 
+def _as_text(prediction: Any) -> str:
+    return prediction if isinstance(prediction, str) else ""
+
+
+# Where to look for the object: a model's answer is a few hundred tokens; these caps
+# keep an adversarial text (nested or unterminated objects) from costing more than milliseconds.
+MAX_JSON_CHARS = 100_000
+MAX_JSON_STARTS = 64
+MAX_INT_DIGITS = 100
+
+
+def _bounded_int(digits: str) -> int | str:
+    """A JSON integer; one too long for int() (Python refuses over 4,300 digits) stays text."""
+    return int(digits) if len(digits) <= MAX_INT_DIGITS else digits
+
+
+_JSON = json.JSONDecoder(parse_int=_bounded_int)
+
+
 def parse_json_object(text: str) -> dict | None:
-    """The first JSON object in a model's answer, or None."""
-    match = re.search(r"\{.*\}", text, flags=re.S)
-    if not match:
+    """The first complete JSON object in a model's answer, or None.
+
+    Tries each "{" in turn with `raw_decode`, which stops at the end of the
+    object, so prose after it (even with braces) or a second object does not
+    matter. Never raises: a nesting too deep for the decoder counts as no object.
+    """
+    if not isinstance(text, str):
         return None
-    try:
-        value = json.loads(match.group(0))
-    except json.JSONDecodeError:
+    text = text[:MAX_JSON_CHARS]
+    start = text.find("{")
+    for _ in range(MAX_JSON_STARTS):
+        if start < 0:
+            break
+        try:
+            value, _end = _JSON.raw_decode(text, start)
+            if isinstance(value, dict):
+                return value
+        except (ValueError, RecursionError):
+            pass
+        start = text.find("{", start + 1)
+    return None
+
+
+def _field_text(value: Any) -> str | None:
+    """A predicted field as comparable text; None for lists and objects (never a right answer)."""
+    if isinstance(value, (dict, list)):
         return None
-    return value if isinstance(value, dict) else None
+    return str(value).strip().lower()
 
 
 def score_json(prediction: str, gold_json: str) -> tuple[float, str]:
+    """Fraction of the gold fields the first JSON object in `prediction` gets right; never raises on it."""
     gold = json.loads(gold_json)
+    if (why := _not_text(prediction)) is not None:
+        return 0.0, why
     predicted = parse_json_object(prediction)
     if predicted is None:
         return 0.0, "error: no JSON object"
-    right = [k for k in JSON_FIELDS if k in gold and str(predicted.get(k)).strip().lower() == str(gold[k]).lower()]
+    right = [k for k in JSON_FIELDS if k in gold and _field_text(predicted.get(k)) == str(gold[k]).lower()]
     wrong = [k for k in JSON_FIELDS if k in gold and k not in right]
     return len(right) / len(gold), "match" if not wrong else "wrong fields: " + ", ".join(wrong)
 
@@ -189,7 +214,7 @@ def json_field_accuracy(predictions: Sequence[str], examples: Sequence[dict]) ->
     report = EvalReport()
     for prediction, example in zip(predictions, examples):
         score, reason = score_json(prediction, example["answer"])
-        report.results.append(ScoredExample(example.get("id", ""), score == 1.0, score, reason, prediction,
+        report.results.append(ScoredExample(example.get("id", ""), score == 1.0, score, reason, _as_text(prediction),
                                             example.get("group", "")))
     return report
 

@@ -116,14 +116,55 @@ EXAMPLE_PROFILES = {"t4": T4, "a100-40gb": A100_40GB, "a100-80gb": A100_80GB}
 
 # --------------------------------------------------------------------------- configs
 
-def _config_from_dict(data: Mapping[str, Any]):
+# The fields the planner reads. A config without them would be filled with the
+# architecture's defaults (Llama's are a 7B model): it is refused instead.
+REQUIRED_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+OPTIONAL_SIZE_FIELDS = ("num_key_value_heads", "head_dim")
+
+
+def _config_from_dict(data: Mapping[str, Any], source: str = "The config dict"):
     from transformers import AutoConfig
 
     data = {k: v for k, v in data.items() if not k.startswith("_")}  # "_source" notes etc.
     if "model_type" not in data:
-        raise ValueError("The config dict has no 'model_type' (e.g. 'llama', 'qwen2', 'olmo2'); add it.")
+        raise ValueError(f"{source} has no 'model_type' (e.g. 'llama', 'qwen2', 'olmo2'); add it.")
     model_type = data.pop("model_type")
-    return AutoConfig.for_model(model_type, **data)
+    for name in REQUIRED_FIELDS + OPTIONAL_SIZE_FIELDS:
+        if data.get(name) is not None:
+            _check_size(name, data[name])  # before transformers divides by it
+    try:
+        config = AutoConfig.for_model(model_type, **data)
+    except ValueError:
+        raise
+    except Exception as exc:  # e.g. transformers' strict field validation: hidden_size=576.0
+        raise ValueError(f"{source} is not a valid {model_type} config: {exc}") from None
+    aliases = getattr(config, "attribute_map", {}) or {}  # e.g. GPT-2 calls hidden_size n_embd
+    missing = [name for name in REQUIRED_FIELDS if name not in data and aliases.get(name) not in data]
+    if missing:
+        raise ValueError(
+            f"{source} lacks {', '.join(missing)}: the planner needs {', '.join(REQUIRED_FIELDS)} "
+            f"and never fills them with {model_type}'s defaults (which describe some other model). "
+            "Copy them from the model's config.json, or pass a shipped name such as 'qwen2.5-7b'."
+        )
+    return config
+
+
+def _check_sizes(config) -> None:
+    """Every size the planner multiplies must be a positive integer; say which one is not."""
+    for name in REQUIRED_FIELDS + OPTIONAL_SIZE_FIELDS:
+        value = getattr(config, name, None)
+        if value is not None or name in REQUIRED_FIELDS:
+            _check_size(name, value)
+
+
+def _check_size(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"Config field {name} must be a positive integer, got {value!r}; "
+                         f"check the config (the tiny model has {name} = {_TINY_SIZES[name]}).")
+
+
+_TINY_SIZES = {"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9, "intermediate_size": 1536,
+               "vocab_size": 49152, "num_key_value_heads": 3, "head_dim": 64}
 
 
 def load_config(name_or_path: Any):
@@ -135,6 +176,12 @@ def load_config(name_or_path: Any):
     id that is already in the local hub cache (nothing is downloaded). Hub ids
     of the shipped models resolve to the shipped files.
     """
+    config = _load_config(name_or_path)
+    _check_sizes(config)
+    return config
+
+
+def _load_config(name_or_path: Any):
     from transformers import PretrainedConfig
 
     if isinstance(name_or_path, PretrainedConfig):
@@ -147,26 +194,37 @@ def load_config(name_or_path: Any):
     short = HUB_ALIASES.get(name, name.lower())
     if short in SHIPPED_CONFIGS:
         path = CONFIG_DIR / SHIPPED_CONFIGS[short]
-        return _config_from_dict(json.loads(path.read_text()))
+        return _config_from_dict(json.loads(path.read_text()), str(path))
     path = Path(name).expanduser()
     if path.is_file():
-        return _config_from_dict(json.loads(path.read_text()))
+        return _config_from_dict(_read_json(path), str(path))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ValueError(f"{path} has no config.json; pass the folder of a transformers model.")
-        return _config_from_dict(json.loads((path / "config.json").read_text()))
+        return _config_from_dict(_read_json(path / "config.json"), str(path / "config.json"))
     if "/" in name:
         try:
             from huggingface_hub import hf_hub_download
 
             cached = hf_hub_download(name, "config.json", local_files_only=True)
-            return _config_from_dict(json.loads(Path(cached).read_text()))
         except Exception:
-            pass
+            cached = None
+        if cached is not None:
+            return _config_from_dict(_read_json(Path(cached)), f"{name}'s cached config.json")
     raise ValueError(
         f"Unknown model {name!r}: not a shipped config, a file, a folder or a hub id in the local cache. "
         f"Shipped names: {', '.join(SHIPPED_CONFIGS)}. Or pass a transformers config, a dict, or a path to config.json."
     )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path} is not a readable JSON config ({exc}); pass a model's config.json.") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object; pass a model's config.json.")
+    return data
 
 
 # --------------------------------------------------------------------------- shapes
@@ -324,14 +382,18 @@ def resolve_targets(layout: ModelLayout, targets: str | Iterable[str]) -> tuple[
 
 # --------------------------------------------------------------------------- byte counts
 
-def _dtype(value: torch.dtype | str | None, default: torch.dtype) -> torch.dtype:
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _dtype(value: torch.dtype | str | None, default: torch.dtype, label: str = "dtype") -> torch.dtype:
     if value is None:
         return default
-    if isinstance(value, torch.dtype):
-        return value
     if isinstance(value, str) and value.lower() in DTYPE_NAMES:
         return DTYPE_NAMES[value.lower()]
-    raise ValueError(f"Unknown dtype {value!r}: use torch.float32, torch.float16, torch.bfloat16 or 'fp32'/'fp16'/'bf16'.")
+    if isinstance(value, torch.dtype) and value in FLOAT_DTYPES:
+        return value
+    raise ValueError(f"Unknown {label} {value!r}: use torch.float32, torch.float16, torch.bfloat16 or "
+                     "'fp32'/'fp16'/'bf16' (the profile picks fp32 on a CPU, fp16 on a T4, bf16 on Ampere and newer).")
 
 
 def _bytes_per(dtype: torch.dtype) -> int:
@@ -728,6 +790,12 @@ def _check_settings(method, rank, batch, seq_len, gradient_checkpointing, optimi
     for label, value in (("batch", batch), ("seq_len", seq_len), ("rank", rank)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{label} must be a positive integer, got {value!r}.")
+    if not isinstance(gradient_checkpointing, bool):
+        raise ValueError(f"gradient_checkpointing must be True or False, got {gradient_checkpointing!r} "
+                         f"({type(gradient_checkpointing).__name__}); True trades ~30% more compute for far less "
+                         "activation memory.")
+    if double_quant is not None and not isinstance(double_quant, bool):
+        raise ValueError(f"double_quant must be True, False or None (None: on for QLoRA), got {double_quant!r}.")
     if method != "full" and rank <= 0:
         raise ValueError(f"rank must be a positive integer (try 8 or 16), got {rank}.")
     if batch <= 0:
@@ -756,9 +824,9 @@ def _check_settings(method, rank, batch, seq_len, gradient_checkpointing, optimi
     if device not in ("cuda", "cpu", "mps"):
         raise ValueError(f"Unknown device {device!r}: use 'cuda', 'cpu' or 'mps'.")
     default_compute = profile.compute_dtype if profile is not None else torch.bfloat16
-    compute = _dtype(compute_dtype, default_compute)
-    weights = _dtype(weight_dtype, torch.float32 if method == "full" else compute)
-    other = _dtype(unquantized_dtype, weights if quantization is None else compute)
+    compute = _dtype(compute_dtype, default_compute, "compute_dtype")
+    weights = _dtype(weight_dtype, torch.float32 if method == "full" else compute, "weight_dtype")
+    other = _dtype(unquantized_dtype, weights if quantization is None else compute, "unquantized_dtype")
     return PlanSettings(method, rank, (), batch, seq_len, bool(gradient_checkpointing), optimizer, quantization,
                         bool(double_quant), compute, weights, other, device)
 

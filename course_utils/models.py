@@ -19,6 +19,7 @@ values, close to but not bit-equal with the hub's bf16 checkpoint.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -47,6 +48,10 @@ class ModelNotFoundError(RuntimeError):
     """No source could provide the model; the message names the fix."""
 
 
+class ModelFileError(ModelNotFoundError):
+    """A model folder was found, but a file in it is damaged or missing; the message names the file and the fix."""
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """A folder that `from_pretrained` can read, and where it came from."""
@@ -58,6 +63,55 @@ class ModelSource:
 
 def _is_model_folder(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+# Any one of these lets AutoTokenizer build a fast tokenizer without sentencepiece or tiktoken.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def _how_to_replace(path: Path, origin: str) -> str:
+    """What to do about a damaged or incomplete folder, by where it came from."""
+    if origin in ("course cache", "converted from GGUF"):
+        return (f"Delete the folder {path} and load again: the course converts its offline GGUF copy again "
+                "(about 15 s).")
+    if origin in ("hub cache", "hub download"):
+        repo = path.parent.parent if path.parent.name == "snapshots" else path
+        return (f"Delete {repo} (or run `hf cache delete`) and load again online to download it again "
+                "(unset HF_HUB_OFFLINE).")
+    return f"Copy or download the model into {path} again, or point local_dir / ${MODEL_DIR_ENV} at a complete copy."
+
+
+def check_model_files(path: Path, origin: str = "explicit folder") -> None:
+    """Raise ModelFileError naming the file and the fix if a weights file cannot be read.
+
+    Opening a safetensors file reads only its header (and checks that the
+    file is as long as the header says), so this costs milliseconds even for
+    a 15 GB model. A damaged file otherwise fails deep inside
+    `from_pretrained` with "SafetensorError: header too large".
+    """
+    from safetensors import safe_open
+
+    index = path / "model.safetensors.index.json"
+    files = sorted(path.glob("*.safetensors"))
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelFileError(f"{index} is damaged ({exc}). {_how_to_replace(path, origin)}") from None
+        missing = sorted(name for name in shards if not (path / name).is_file())
+        if missing:
+            raise ModelFileError(f"{path} lacks {', '.join(missing)}, listed in {index.name}: the download is "
+                                 f"incomplete. {_how_to_replace(path, origin)}")
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except Exception as exc:
+            with open(file, "rb") as handle:
+                lfs = handle.read(40).startswith(b"version https://git-lfs")
+            what = ("a Git LFS pointer, not the weights (clone with git-lfs installed, or download the file)"
+                    if lfs else f"damaged or incomplete ({exc})")
+            raise ModelFileError(f"{file} is {what}. {_how_to_replace(path, origin)}") from None
 
 
 def _hub_offline() -> bool:
@@ -129,17 +183,17 @@ def resolve_model(model_id: str = TINY_MODEL_ID, local_dir: str | os.PathLike | 
                 f"{path} is not a model folder (it needs config.json and *.safetensors). "
                 f"Fix the path or unset ${MODEL_DIR_ENV}."
             )
-        return ModelSource(path, "explicit folder")
+        return _checked(ModelSource(path, "explicit folder"))
     if (path := _from_hub(model_id, local_files_only=True)) is not None:
-        return ModelSource(path, "hub cache")
+        return _checked(ModelSource(path, "hub cache"))
     converted = converted_model_dir(model_id)
     if _is_model_folder(converted):
-        return ModelSource(converted, "course cache")
+        return _checked(ModelSource(converted, "course cache"))
     if model_id == TINY_MODEL_ID and (gguf := gguf_path()) is not None:
         convert_gguf(gguf, converted)
-        return ModelSource(converted, "converted from GGUF", time.perf_counter() - start)
+        return _checked(ModelSource(converted, "converted from GGUF", time.perf_counter() - start))
     if not _hub_offline() and (path := _from_hub(model_id, local_files_only=False)) is not None:
-        return ModelSource(path, "hub download", time.perf_counter() - start)
+        return _checked(ModelSource(path, "hub download", time.perf_counter() - start))
     if model_id == TINY_MODEL_ID:
         raise ModelNotFoundError(f"Could not find {model_id} anywhere. {INSTALL_HINT}")
     raise ModelNotFoundError(
@@ -148,6 +202,11 @@ def resolve_model(model_id: str = TINY_MODEL_ID, local_dir: str | os.PathLike | 
            if _hub_offline() else "the hub download failed (no internet, or a gated model needing `hf auth login`). ")
         + "or pass local_dir= a folder holding config.json and *.safetensors."
     )
+
+
+def _checked(source: ModelSource) -> ModelSource:
+    check_model_files(source.path, source.origin)
+    return source
 
 
 def bnb_config(quantization: str, double_quant: bool = False, compute_dtype: torch.dtype | None = None,
@@ -188,7 +247,18 @@ def load_tokenizer(model_id: str = TINY_MODEL_ID, local_dir: str | os.PathLike |
     from transformers import AutoTokenizer
 
     source = resolve_model(model_id, local_dir)
-    tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=False)
+    present = [name for name in TOKENIZER_FILES if (source.path / name).is_file()]
+    if not present:
+        raise ModelFileError(
+            f"{source.path} has the weights but no tokenizer: it needs tokenizer.json (or tokenizer.model, or "
+            f"vocab.json with merges.txt) next to config.json. {_how_to_replace(source.path, source.origin)}"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=False)
+    except Exception as exc:
+        raise ModelFileError(f"The tokenizer in {source.path} ({', '.join(present)}) could not be read: "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. "
+                             f"{_how_to_replace(source.path, source.origin)}") from exc
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

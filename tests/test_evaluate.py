@@ -8,6 +8,7 @@ import pytest
 from course_utils.data import connect, load_examples
 from course_utils.evaluate import (
     execution_accuracy,
+    extract_sql,
     json_field_accuracy,
     run_readonly_query,
     score_json,
@@ -90,3 +91,54 @@ def test_json_fields_are_scored_one_by_one():
 def test_json_field_accuracy_on_gold_answers_is_perfect():
     examples = load_examples("json", "test")[:20]
     assert json_field_accuracy([e["answer"] for e in examples], examples).accuracy == 1.0
+
+
+@pytest.mark.parametrize("answer", [
+    f"```sqlite\n{GOLD}\n```",  # used to leave "ite" in front of the query
+    f"```SQL\n{GOLD}\n```",
+    f"```\n{GOLD}\n```",
+    f"Here it is:\n```sql\n{GOLD}\n```\nThis lists the well-paid employees.",
+    f"```sql\n{GOLD}",  # cut off by max_new_tokens before the closing fence
+    f"```{GOLD}```",
+])
+def test_every_usual_code_fence_is_accepted(answer):
+    assert score_sql(answer, GOLD, "company") == (True, "match"), extract_sql(answer)
+
+
+@pytest.mark.parametrize("answer", [
+    f"-- employees earning over 5000\n{GOLD}",  # used to be rejected as "not a SELECT"
+    f"/* well paid */ {GOLD}",
+    f"/* one */\n-- two\n  {GOLD} -- trailing",
+    f"```sql\n-- the query\n{GOLD}\n```",
+])
+def test_leading_comments_are_skipped(answer):
+    assert score_sql(answer, GOLD, "company") == (True, "match")
+
+
+def test_comments_do_not_smuggle_a_write_past_the_check():
+    assert score_sql("-- SELECT\nDELETE FROM employees", GOLD, "company")[1].startswith("rejected")
+    assert score_sql("/* SELECT */ DROP TABLE employees", GOLD, "company")[1].startswith("rejected")
+    assert score_sql("SELECT 1 /* ; */; DROP TABLE employees", GOLD, "company")[1].startswith("rejected")
+
+
+def test_a_function_outside_the_allowlist_is_named_in_the_reason():
+    assert score_sql("SELECT randomblob(8)", GOLD, "company") == (False, "rejected: function randomblob() is not allowed")
+
+
+@pytest.mark.parametrize("answer", [
+    '{"name": "Ana", "people": 4, "day": "Friday", "time": "19:00", "place": "Luigi\'s"} (I used {} for none)',
+    '{"name": "Ana", "people": 4, "day": "Friday", "time": "19:00", "place": "Luigi\'s"}\n'
+    'Another reading: {"name": "Bo", "people": 2, "day": "Monday", "time": "8:00", "place": "X"}',
+    'Sure! The booking {as JSON}: {"name": "Ana", "people": 4, "day": "Friday", "time": "19:00", "place": "Luigi\'s"}',
+    '```json\n{"name": "Ana", "people": "4", "day": "friday", "time": "19:00", "place": "Luigi\'s"}\n```',
+])
+def test_the_first_complete_json_object_is_scored(answer):
+    gold = json.dumps({"name": "Ana", "people": 4, "day": "Friday", "time": "19:00", "place": "Luigi's"})
+    assert score_json(answer, gold) == (1.0, "match")
+
+
+def test_a_long_run_of_braces_is_parsed_in_linear_time():
+    gold = json.dumps({"name": "Ana", "people": 4, "day": "Friday", "time": "19:00", "place": "Luigi's"})
+    start = time.monotonic()
+    assert score_json("{" * 200_000 + "x", gold) == (0.0, "error: no JSON object")
+    assert time.monotonic() - start < 0.5

@@ -360,3 +360,53 @@ def test_bad_input_raises_a_value_error_naming_the_fix(tiny_config, kwargs, mess
     kwargs = {"method": "lora", **kwargs}
     with pytest.raises(ValueError, match=message):
         plan_memory(tiny_config, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"compute_dtype": torch.int8}, "compute_dtype torch.int8.*bf16"),
+    ({"compute_dtype": 16}, "compute_dtype 16"),
+    ({"weight_dtype": torch.int32}, "weight_dtype"),
+    ({"unquantized_dtype": torch.float64}, "unquantized_dtype"),
+    ({"gradient_checkpointing": "no"}, "True or False, got 'no'"),  # bool("no") is True
+    ({"gradient_checkpointing": 1}, "True or False, got 1"),
+    ({"method": "qlora", "double_quant": "yes"}, "double_quant"),
+    ({"rank": True}, "rank"),
+    ({"batch": True}, "batch"),
+])
+def test_settings_of_the_wrong_type_are_refused(tiny_config, kwargs, message):
+    kwargs = {"method": "lora", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        plan_memory(tiny_config, **kwargs)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("hidden_size", 0), ("num_hidden_layers", -1), ("num_hidden_layers", 0), ("vocab_size", 0),
+    ("intermediate_size", 0), ("num_attention_heads", 0), ("num_key_value_heads", 0), ("head_dim", 0),
+    ("hidden_size", 576.0), ("num_hidden_layers", True),
+])
+def test_configs_with_sizes_that_are_not_positive_integers_name_the_field(field, value):
+    raw = json.loads((memory.CONFIG_DIR / "smollm2-135m.json").read_text())
+    raw[field] = value
+    with pytest.raises(ValueError, match=f"{field} must be a positive integer, got {value!r}"):
+        plan_memory(raw, "lora")
+
+
+def test_a_config_object_with_a_bad_size_is_refused_too(tiny_config):
+    broken = copy.deepcopy(tiny_config)
+    broken.hidden_size = -576
+    with pytest.raises(ValueError, match="hidden_size must be a positive integer"):
+        plan_memory(broken, "lora")
+
+
+def test_a_config_missing_its_sizes_is_refused_not_planned_as_a_default_7b(tmp_path):
+    with pytest.raises(ValueError, match="lacks hidden_size, num_hidden_layers.*never fills them"):
+        plan_memory({"model_type": "llama"}, "qlora")
+    raw = json.loads((memory.CONFIG_DIR / "smollm2-135m.json").read_text())
+    del raw["vocab_size"]
+    file = tmp_path / "config.json"
+    file.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=f"{file} lacks vocab_size"):
+        load_config(file)
+    file.write_text("{not json")
+    with pytest.raises(ValueError, match="not a readable JSON config"):
+        load_config(tmp_path)

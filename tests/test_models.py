@@ -93,3 +93,67 @@ def test_nf4_double_quant_loading_on_this_machine(tiny):
     assert layer.weight.quant_state.nested  # double quantization is on
     assert models.model_size_bytes(quantized) < models.model_size_bytes(model) / 2.5
     assert cache_dir().exists()
+
+
+# --------------------------------------------------------------------------- damaged or incomplete folders
+
+def _folder(path, weights: bytes | None = None, tokenizer: bool = False):
+    """A model folder with the tiny model's config, small valid weights (or `weights` bytes), maybe a tokenizer."""
+    from safetensors.torch import save_file
+
+    from course_utils.memory import CONFIG_DIR
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text((CONFIG_DIR / "smollm2-135m.json").read_text())
+    if weights is None:
+        save_file({"w": torch.zeros(4)}, str(path / "model.safetensors"))
+    else:
+        (path / "model.safetensors").write_bytes(weights)
+    if tokenizer:
+        (path / "tokenizer.json").write_text("{not json")
+    return path
+
+
+@pytest.mark.parametrize("weights, what", [
+    (b"\xff" * 100, "damaged or incomplete"),  # was: SafetensorError: header too large
+    (b"", "damaged or incomplete"),
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 9\n", "Git LFS pointer"),
+])
+def test_a_damaged_weights_file_in_a_named_folder_is_named_with_the_fix(tmp_path, weights, what):
+    folder = _folder(tmp_path / "model", weights)
+    with pytest.raises(models.ModelFileError, match=what) as error:
+        models.load_model(local_dir=folder)
+    assert str(folder / "model.safetensors") in str(error.value) and "again" in str(error.value)
+
+
+def test_a_damaged_course_cache_says_delete_the_folder_to_reconvert(monkeypatch, tmp_path):
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(models.MODEL_DIR_ENV, raising=False)
+    monkeypatch.setattr(models, "_from_hub", lambda model_id, local_files_only: None)
+    folder = _folder(models.converted_model_dir(), b"\x00" * 64)
+    for load in (models.resolve_model, models.load_model, models.load_tokenizer):
+        with pytest.raises(models.ModelFileError, match="Delete the folder .* converts its offline GGUF copy again") as error:
+            load()
+        assert str(folder / "model.safetensors") in str(error.value)
+    assert folder.exists()  # reported, never deleted behind the learner's back
+
+
+def test_a_shard_missing_from_the_index_is_named(tmp_path):
+    folder = _folder(tmp_path / "model")
+    (folder / "model.safetensors.index.json").write_text(
+        '{"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}')
+    with pytest.raises(models.ModelFileError, match="lacks model-00001-of-00002.safetensors, model-00002"):
+        models.resolve_model(local_dir=folder)
+
+
+def test_weights_without_tokenizer_files_name_the_missing_files(tmp_path):
+    folder = _folder(tmp_path / "model")
+    with pytest.raises(models.ModelFileError, match="no tokenizer: it needs tokenizer.json") as error:
+        models.load_tokenizer(local_dir=folder)  # was: a sentencepiece / tiktoken message
+    assert str(folder) in str(error.value)
+
+
+def test_a_damaged_tokenizer_file_is_named(tmp_path):
+    folder = _folder(tmp_path / "model", tokenizer=True)
+    with pytest.raises(models.ModelFileError, match=r"tokenizer in .* \(tokenizer.json\) could not be read"):
+        models.load_tokenizer(local_dir=folder)
