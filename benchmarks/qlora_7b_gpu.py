@@ -12,12 +12,16 @@ never has to fit anywhere. Memory does not depend on the weights' values, and a
 training step's time hardly does, so random weights measure what a real
 checkpoint would use (the loss is meaningless).
 
-Then it runs the capstone's recipe: LoRA r=16 on all linear layers (PEFT),
-gradient checkpointing, paged 8-bit AdamW, micro-batches of `--batch` x
+Then it runs the capstone's recipe through the capstone's own training path
+(`course_utils.trainer`: transformers' Trainer): LoRA r=16 on all linear layers
+(PEFT), gradient checkpointing, paged 8-bit AdamW, micro-batches of `--batch` x
 `--seq-len` tokens (every token real, no padding: the plan's worst case) with
-`--grad-accum` micro-batches per step, in the GPU's compute dtype (fp16 on a T4,
-bf16 on Ampere+). It prints the planner's prediction next to
-`torch.cuda.max_memory_allocated/reserved()` and the training throughput.
+`--grad-accum` micro-batches per step, fp16 autocast with loss scaling and fp32
+embeddings/norms on a T4, bf16 on Ampere+. `--imitate t4` imitates a T4 on a
+bigger GPU (fp16 compute, memory capped at 14.74 GiB); `--imitate a100` an A100
+40GB (bf16, 39.39 GiB). It prints the planner's prediction next to
+`torch.cuda.max_memory_allocated/reserved()` and the training throughput, and
+with `--json` writes them for `tools/gpu_check.py`'s report.
 
 On a machine without CUDA it exits with a message and status 1, measuring nothing;
 `--plan-only` prints the predictions for a T4 and an A100 anywhere.
@@ -26,8 +30,10 @@ On a machine without CUDA it exits with a message and status 1, measuring nothin
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -99,49 +105,107 @@ def add_lora(model, rank: int, seed: int = 0):
                                             task_type="CAUSAL_LM"))
 
 
-def train_steps(model, steps: int, batch: int, seq_len: int, grad_accum: int, optimizer: torch.optim.Optimizer,
-                gradient_checkpointing: bool = True, seed: int = 0) -> tuple[list[float], list[float]]:
-    """`steps` optimizer steps on random tokens; returns (losses, seconds per step)."""
-    device = next(p for p in model.parameters() if p.requires_grad).device
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    model.train()
+def random_features(vocab: int, n: int, seq_len: int, seed: int = 0) -> list[dict]:
+    """`n` training examples of `seq_len` random tokens, every token a target (the plan's worst case)."""
     generator = torch.Generator().manual_seed(seed)
-    vocab = model.config.vocab_size
-    params = [p for p in model.parameters() if p.requires_grad]
-    losses, seconds = [], []
-    for _ in range(steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for _ in range(grad_accum):
-            ids = torch.randint(0, vocab, (batch, seq_len), generator=generator).to(device)
-            loss = model(input_ids=ids, labels=ids).loss / grad_accum
-            loss.backward()
-            total += loss.item()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
-        losses.append(total)
-    return losses, seconds
+    rows = torch.randint(0, vocab, (n, seq_len), generator=generator).tolist()
+    return [{"input_ids": row, "labels": row} for row in rows]
+
+
+def train_steps(model, steps: int, batch: int, seq_len: int, grad_accum: int, profile, optimizer: str = "adamw",
+                gradient_checkpointing: bool = True, seed: int = 0) -> tuple[list[float], list[float]]:
+    """`steps` optimizer steps on random tokens through the capstone's Trainer path; (losses, seconds per step).
+
+    The same `course_utils.trainer.build_trainer` as lesson 08: fp16 autocast with loss
+    scaling on an fp16 profile, bf16 on a bf16 one, the chosen optimizer, gradient checkpointing.
+    """
+    import tempfile
+
+    from transformers import TrainerCallback
+
+    from course_utils.train import TrainConfig
+    from course_utils.trainer import build_trainer
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.seconds, self.last = [], None
+
+        def _sync(self):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            return time.perf_counter()
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.last = self._sync()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seconds.append(self._sync() - self.last)
+
+    config = TrainConfig(steps=steps, batch_size=batch, grad_accum=grad_accum, learning_rate=2e-4, warmup_steps=0,
+                         max_length=seq_len, seed=seed, optimizer=optimizer,
+                         gradient_checkpointing=gradient_checkpointing)
+    features = random_features(model.config.vocab_size, steps * batch * grad_accum, seq_len, seed)
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = build_trainer(model, features, config, pad_id=0, output_dir=scratch, profile=profile,
+                                checkpoints=False)
+        clock = StepClock()
+        trainer.add_callback(clock)
+        trainer.train()
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    return losses, clock.seconds
+
+
+IMITATIONS = ("t4", "a100", "native")
+
+
+def imitated_profile(imitate: str):
+    """The profile a run pretends to have: a T4 is fp16 compute in 14.74 GiB, an A100 40GB bf16 in 39.39 GiB.
+
+    Memory is capped with `torch.cuda.set_per_process_memory_fraction`, so an
+    allocation beyond the imitated card fails as it would there; speed is the
+    real GPU's, not the imitated one's.
+    """
+    from dataclasses import replace
+
+    from course_utils.hardware import detect
+    from course_utils.memory import A100_40GB, T4
+
+    real = detect()
+    if imitate == "native":
+        return real
+    card = T4 if imitate == "t4" else A100_40GB
+    if card.memory_gib > real.memory_gib:
+        raise SystemExit(f"cannot imitate {card.name}: this GPU has only {real.memory_gib:.1f} GiB")
+    torch.cuda.set_per_process_memory_fraction(card.memory_gib / real.memory_gib)
+    return replace(real, name=f"{real.name} imitating {card.name}", memory_gib=card.memory_gib,
+                   native_bf16=card.native_bf16)
 
 
 def print_example_plans(args) -> None:
     """The planner's prediction for these settings on a T4 (fp16) and an A100 40GB (bf16)."""
     from course_utils.memory import A100_40GB, T4, plan_memory
+    from course_utils.trainer import planned_dtypes
 
     for profile in (T4, A100_40GB):
         plan = plan_memory(args.model, "qlora", rank=args.rank, batch=args.batch, seq_len=args.seq_len,
                            gradient_checkpointing=True, optimizer="paged_adamw_8bit",
-                           double_quant=not args.no_double_quant, profile=profile, name=args.model)
+                           double_quant=not args.no_double_quant, profile=profile, name=args.model,
+                           **planned_dtypes(profile))
         print(f"--- {profile.name}")
         print(plan)
         print("verdict:", plan.verdict(profile), "\n")
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("torch", "transformers", "peft", "bitsandbytes", "accelerate"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "missing"
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grad-accum", type=int, default=4)
     parser.add_argument("--steps", type=int, default=4, help="timed steps, after one warm-up step")
     parser.add_argument("--no-double-quant", action="store_true")
+    parser.add_argument("--imitate", choices=IMITATIONS, default="native",
+                        help="t4: fp16 compute and a 14.74 GiB cap; a100: bf16 and a 39.39 GiB cap")
+    parser.add_argument("--json", help="also write the measurement to this JSON file")
     parser.add_argument("--plan-only", action="store_true",
                         help="print the plan on the example T4 and A100 profiles and stop (no GPU needed)")
     args = parser.parse_args(argv)
@@ -163,38 +230,51 @@ def main(argv: list[str] | None = None) -> int:
         print(NO_CUDA_MESSAGE, file=sys.stderr)
         return 1
 
-    import bitsandbytes as bnb
-
-    from course_utils.hardware import GIB, detect
+    from course_utils.hardware import GIB
     from course_utils.memory import load_config, plan_memory
+    from course_utils.trainer import planned_dtypes, prepare_for_training
 
-    profile = detect()
+    profile = imitated_profile(args.imitate)
     config = load_config(args.model)
     plan = plan_memory(config, "qlora", rank=args.rank, batch=args.batch, seq_len=args.seq_len,
                        gradient_checkpointing=True, optimizer="paged_adamw_8bit",
-                       double_quant=not args.no_double_quant, profile=profile, name=args.model)
+                       double_quant=not args.no_double_quant, profile=profile, name=args.model,
+                       **planned_dtypes(profile))
     print(profile, "\n")
     print(plan, "\n")
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     model = build_random_nf4_model(config, "cuda", profile.compute_dtype, double_quant=not args.no_double_quant)
+    prepare_for_training(model, profile)  # the capstone's rule: fp32 embeddings/norms/head on fp16 devices
     model = add_lora(model, args.rank)
     built = time.perf_counter() - start
     loaded = torch.cuda.memory_allocated()
-    optimizer = bnb.optim.PagedAdamW8bit([p for p in model.parameters() if p.requires_grad], lr=2e-4)
-    losses, seconds = train_steps(model, 1 + args.steps, args.batch, args.seq_len, args.grad_accum, optimizer)
+    losses, seconds = train_steps(model, 1 + args.steps, args.batch, args.seq_len, args.grad_accum, profile,
+                                  optimizer="paged_adamw_8bit")
     allocated, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
     timed = seconds[1:]
     tokens_per_step = args.batch * args.seq_len * args.grad_accum
     predicted = plan.total - plan.overhead  # PyTorch's counters do not see the CUDA context
+    result = {
+        "device": torch.cuda.get_device_name(0), "imitate": args.imitate, "profile": profile.name,
+        "compute_dtype": str(profile.compute_dtype), "model": args.model, "rank": args.rank, "batch": args.batch,
+        "seq_len": args.seq_len, "grad_accum": args.grad_accum, "timed_steps": len(timed),
+        "peak_allocated_gib": allocated / GIB, "peak_reserved_gib": reserved / GIB,
+        "plan_total_gib": plan.total / GIB, "plan_without_context_gib": predicted / GIB,
+        "model_and_adapters_gib": loaded / GIB, "plan_static_gib": plan.static / GIB,
+        "seconds_per_step": sum(timed) / len(timed), "tokens_per_second": tokens_per_step * len(timed) / sum(timed),
+        "losses": losses, "build_seconds": built, "versions": versions(),
+    }
     print(f"model built and quantized in {built:.1f} s; model + adapters allocated: {loaded / GIB:.3f} GiB "
           f"(plan: {plan.static / GIB:.3f} GiB)")
-    print(f"steps: {len(timed)} timed of {tokens_per_step} tokens, {sum(timed) / len(timed):.2f} s/step, "
-          f"{tokens_per_step * len(timed) / sum(timed):.0f} tokens/s; losses {[round(x, 3) for x in losses]}")
+    print(f"steps: {len(timed)} timed of {tokens_per_step} tokens, {result['seconds_per_step']:.2f} s/step, "
+          f"{result['tokens_per_second']:.0f} tokens/s; losses {[round(x, 3) for x in losses]}")
     print(f"peak allocated {allocated / GIB:.3f} GiB, peak reserved {reserved / GIB:.3f} GiB, "
           f"plan without CUDA context {predicted / GIB:.3f} GiB "
           f"(allocated/plan = {allocated / predicted:.2f}, reserved/plan = {reserved / predicted:.2f})")
     print(f"plan with CUDA context {plan.total / GIB:.3f} GiB vs device {profile.memory_gib:.2f} GiB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
     return 0
 
 

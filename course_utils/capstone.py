@@ -1,11 +1,13 @@
 """The capstone's recipe: every setting of a QLoRA run in one object, and where its files go.
 
-Lesson 08 fine-tunes a 7B model on a GPU (or the tiny model on a CPU) with the
-course loop (`course_utils.train.train`). What this module adds is small:
+Lesson 08 fine-tunes a 7B model on a GPU (or the tiny model on a CPU) with
+transformers' Trainer (`course_utils.trainer.train_with_trainer`). What this
+module adds is small:
 
 - `QLoRARecipe`: the settings a learner changes for their own data, with the
   `TrainConfig`, the PEFT `LoraConfig` and the memory plan derived from them,
-  so the plan printed before the download is the plan of the run that follows;
+  so the plan printed before the download is the plan of the run that follows
+  (on a T4 that includes the fp32 embeddings and norms of `prepare_for_training`);
 - `output_root()` / `QLoRARecipe.run_folder()`: checkpoints go to Google Drive
   when it is mounted on Colab (a disconnect wipes the VM's disk, not Drive),
   else to the course cache; the folder is named by a hash of the settings, so
@@ -17,6 +19,7 @@ course loop (`course_utils.train.train`). What this module adds is small:
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -61,16 +64,23 @@ class QLoRARecipe:
     optimizer: str = "paged_adamw_8bit"
     gradient_checkpointing: bool = True
     checkpoint_every: int = 25
+    eval_every: int = 25  # steps between validation answer losses (the validation curve)
+    eval_examples: int = 64  # validation examples in that loss
     double_quant: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.rank <= 0:
-            raise ValueError(f"rank must be a positive integer (8 or 16 are usual), got {self.rank}.")
-        if self.steps <= 0 or self.batch_size <= 0 or self.grad_accum <= 0 or self.seq_len <= 0:
-            raise ValueError("steps, batch_size, grad_accum and seq_len must be positive integers.")
-        if self.checkpoint_every <= 0:
-            raise ValueError(f"checkpoint_every must be a positive number of steps, got {self.checkpoint_every}.")
+        for name, usual in (("rank", "8 or 16 are usual"), ("steps", "e.g. 150"), ("batch_size", "e.g. 2"),
+                            ("grad_accum", "1 means none"), ("seq_len", "e.g. 512"),
+                            ("checkpoint_every", "e.g. 25"), ("eval_every", "e.g. 25"), ("eval_examples", "e.g. 64")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r} ({usual}).")
+        if (isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float))
+                or not math.isfinite(self.lora_alpha) or self.lora_alpha <= 0):
+            raise ValueError(f"lora_alpha must be a finite positive number, got {self.lora_alpha!r} "
+                             "(the recipe uses 2 x rank).")
+        self.train_config()  # learning rate, optimizer and the rest are checked by TrainConfig
 
     @property
     def effective_batch(self) -> int:
@@ -87,7 +97,7 @@ class QLoRARecipe:
                            learning_rate=self.learning_rate, warmup_steps=self.warmup_steps,
                            max_length=self.seq_len, seed=self.seed, optimizer=self.optimizer,
                            gradient_checkpointing=self.gradient_checkpointing,
-                           checkpoint_every=self.checkpoint_every)
+                           checkpoint_every=self.checkpoint_every, eval_every=self.eval_every)
 
     def lora_config(self):
         """PEFT's `LoraConfig` for this recipe."""
@@ -97,13 +107,18 @@ class QLoRARecipe:
                           target_modules=self.targets, task_type="CAUSAL_LM")
 
     def plan(self, profile: HardwareProfile):
-        """The memory planner's prediction for this recipe on `profile` (nothing is downloaded)."""
+        """The memory planner's prediction for this recipe on `profile` (nothing is downloaded).
+
+        On an fp16 GPU (a T4) `prepare_for_training` keeps the embeddings, head
+        and norms in fp32, and the plan prices them so.
+        """
         from .memory import plan_memory
+        from .trainer import planned_dtypes
 
         return plan_memory(self.model_id, "qlora", rank=self.rank, targets=self.targets, batch=self.batch_size,
                            seq_len=self.seq_len, gradient_checkpointing=self.gradient_checkpointing,
                            optimizer=self.optimizer, double_quant=self.double_quant, profile=profile,
-                           name=self.model_id)
+                           name=self.model_id, **planned_dtypes(profile))
 
     def run_folder(self, root: str | os.PathLike | None = None) -> Path:
         """`root`/<model>-<task>-r<rank>-<hash>: one folder per distinct run.

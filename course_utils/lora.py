@@ -22,6 +22,7 @@ layer can be compared with PEFT's line by line (tests/test_lora.py does).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -52,12 +53,10 @@ class LoraConfig:
     use_rslora: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.r, int) or self.r <= 0:
-            raise ValueError(f"r must be a positive integer (the rank of B A), got {self.r!r}; try r=8.")
-        if self.lora_alpha <= 0:
-            raise ValueError(f"lora_alpha must be positive, got {self.lora_alpha!r}; PEFT's default is 8.")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"lora_dropout is a probability in [0, 1), got {self.lora_dropout!r}.")
+        self.r = check_rank(self.r)
+        self.lora_alpha = check_alpha(self.lora_alpha)
+        self.lora_dropout = check_dropout(self.lora_dropout)
+        self.use_rslora = check_flag("use_rslora", self.use_rslora)
         if isinstance(self.target_modules, str):
             raise ValueError(f"target_modules must be a list of module names, got the string {self.target_modules!r}; "
                              f"write [{self.target_modules!r}] for a single module.")
@@ -68,6 +67,47 @@ class LoraConfig:
     @property
     def scaling(self) -> float:
         return lora_scaling(self.r, self.lora_alpha, self.use_rslora)
+
+
+def check_rank(r: object, limit: int | None = None, where: str = "") -> int:
+    """`r` as an int, or a ValueError saying what was given, what is allowed and a usual value.
+
+    Booleans are refused although Python counts True as the int 1: `r=True`
+    is a slip, not a rank. NumPy integers are accepted.
+    """
+    if isinstance(r, bool) or not isinstance(r, numbers.Integral):
+        raise ValueError(f"r must be a positive integer (the rank of B A), got {r!r} ({type(r).__name__}); "
+                         "usual values are 4, 8 or 16.")
+    if r <= 0 or (limit is not None and r > limit):
+        allowed = f"between 1 and min(in_features, out_features) = {limit}{where}" if limit else "at least 1"
+        raise ValueError(f"r must be an integer {allowed}, got {r!r}. "
+                         "A larger rank adds parameters without adding expressiveness; usual values are 4, 8 or 16.")
+    return int(r)
+
+
+def check_alpha(lora_alpha: object) -> float:
+    """`lora_alpha` as a number, refusing 0, negatives, NaN, infinity and non-numbers."""
+    if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, numbers.Real):
+        raise ValueError(f"lora_alpha must be a positive number, got {lora_alpha!r} ({type(lora_alpha).__name__}); "
+                         "PEFT's default is 8, and 2 x r is common.")
+    if not math.isfinite(lora_alpha) or lora_alpha <= 0:
+        raise ValueError(f"lora_alpha must be a finite positive number (the update is scaled by lora_alpha / r), "
+                         f"got {lora_alpha!r}; PEFT's default is 8, and 2 x r is common.")
+    return lora_alpha
+
+
+def check_dropout(lora_dropout: object) -> float:
+    """`lora_dropout` as a probability in [0, 1)."""
+    if isinstance(lora_dropout, bool) or not isinstance(lora_dropout, numbers.Real) or not 0.0 <= lora_dropout < 1.0:
+        raise ValueError(f"lora_dropout is a probability in [0, 1), got {lora_dropout!r}; "
+                         "usual values are 0 (none) to 0.1.")
+    return float(lora_dropout)
+
+
+def check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__}).")
+    return value
 
 
 def lora_scaling(r: int, lora_alpha: float, use_rslora: bool = False) -> float:
@@ -84,10 +124,9 @@ class LoraLinear(nn.Module):
         if not isinstance(base_layer, nn.Linear):
             raise ValueError(f"LoraLinear wraps an nn.Linear, got {type(base_layer).__name__}.")
         in_features, out_features = base_layer.in_features, base_layer.out_features
-        if not isinstance(r, int) or not 1 <= r <= min(in_features, out_features):
-            raise ValueError(f"r must be an integer between 1 and min(in_features, out_features) = "
-                             f"{min(in_features, out_features)} for this {out_features} x {in_features} layer, got {r!r}. "
-                             "A larger rank adds parameters without adding expressiveness.")
+        r = check_rank(r, min(in_features, out_features), f" for this {out_features} x {in_features} layer")
+        lora_alpha, lora_dropout = check_alpha(lora_alpha), check_dropout(lora_dropout)
+        use_rslora = check_flag("use_rslora", use_rslora)
         self.base_layer = base_layer
         self.base_layer.requires_grad_(False)  # the pretrained weight stays frozen
         self.in_features, self.out_features = in_features, out_features
@@ -95,8 +134,11 @@ class LoraLinear(nn.Module):
         self.scaling = lora_scaling(r, lora_alpha, use_rslora)
         self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         weight = base_layer.weight
-        self.lora_A = nn.Parameter(torch.empty(r, in_features, dtype=weight.dtype, device=weight.device))
-        self.lora_B = nn.Parameter(torch.empty(out_features, r, dtype=weight.dtype, device=weight.device))
+        # Like PEFT (`autocast_adapter_dtype=True`): a 16-bit base gets fp32 adapters, so the small
+        # updates of training are not rounded away; the LoRA path then computes in fp32.
+        dtype = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+        self.lora_A = nn.Parameter(torch.empty(r, in_features, dtype=dtype, device=weight.device))
+        self.lora_B = nn.Parameter(torch.empty(out_features, r, dtype=dtype, device=weight.device))
         self.merged = False
         self.reset_lora_parameters()
 
@@ -119,15 +161,17 @@ class LoraLinear(nn.Module):
         result = self.base_layer(x)
         if self.merged:  # the update already lives in base_layer.weight
             return result
-        # Same order of operations as PEFT: B(A(dropout(x))) * scaling.
-        return result + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scaling
+        # Same operations as PEFT: the input in the adapter's dtype, B(A(dropout(x))) * scaling added
+        # (in the wider dtype), the sum returned in the base layer's output dtype.
+        update = F.linear(F.linear(self.lora_dropout(x.to(self.lora_A.dtype)), self.lora_A), self.lora_B)
+        return (result + update * self.scaling).to(result.dtype)
 
     @torch.no_grad()
     def merge(self) -> None:
         """W <- W + scaling * B A: one matmul per layer at inference, no extra latency."""
         if self.merged:
             raise RuntimeError("This layer is already merged; call unmerge() before merging again.")
-        self.base_layer.weight += self.delta_weight().to(self.base_layer.weight.dtype)
+        self.base_layer.weight += self.delta_weight()  # in place: added in fp32, rounded once to W's dtype
         self.merged = True
 
     @torch.no_grad()

@@ -422,7 +422,7 @@ def plot_histogram_with_levels(ax, values: torch.Tensor, levels: torch.Tensor | 
                                bins: int = 200, title: str = "", normal_fit: bool = False,
                                xlabel: str = "value") -> None:
     """Histogram of `values` (density) with optional vertical lines at `levels` and a fitted normal curve."""
-    data = values.detach().float().reshape(-1)
+    data = values.detach().float().reshape(-1).cpu()  # matplotlib reads numpy arrays, which live on the CPU
     ax.hist(data.numpy(), bins=bins, density=True, color="tab:blue", alpha=0.6, label="values")
     if normal_fit:
         mean, std = data.mean().item(), data.std().item()

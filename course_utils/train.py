@@ -1,11 +1,17 @@
-"""A small, readable training loop with checkpoints, and batched generation.
+"""A small, readable training loop with checkpoints, the answer-loss yardstick, and batched generation.
 
-One loop serves every lesson: a full fine-tune of a few matrices (lesson 02),
-LoRA and QLoRA adapters (lessons 04, 07) and the 7B capstone (lesson 08). It
-is seeded so that a run can be reproduced, and it checkpoints the trainable
-weights, the optimizer and the data position, so that a run interrupted (a
-Colab disconnect) resumes where it stopped and ends with the same losses as an
-uninterrupted run.
+The course's own loop, `train()`, shows every line of a training step: lesson 02
+uses it for a full fine-tune of a few matrices. It is seeded so that a run can
+be reproduced, and it checkpoints the trainable weights, the optimizer and the
+data position, so a run interrupted resumes where it stopped and ends with the
+same losses as an uninterrupted run. It trains in the weights' own dtype, with
+no loss scaling, so it refuses fp16 weights (fp16 gradients underflow and
+overflow without a scaler); LoRA and QLoRA runs on a GPU go through
+`course_utils.trainer.train_with_trainer` (transformers' Trainer with mixed
+precision), which takes the same `TrainConfig`.
+
+`answer_loss()` is the course's yardstick: the cross-entropy of the answer
+tokens of held-out examples, the prompt masked exactly as in training.
 
 `train_lora_adapter()` trains a PEFT LoRA adapter for a task and caches it by
 its settings, so a second notebook or a re-run reuses it instead of training
@@ -35,9 +41,20 @@ from .hardware import HardwareProfile, detect
 OPTIMIZERS = ("adamw", "paged_adamw_8bit", "adamw_8bit", "sgd")
 
 
+def _positive_int(name: str, value, usual: str, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}; {usual}.")
+
+
 @dataclass
 class TrainConfig:
-    """The knobs of the loop; defaults suit LoRA on the tiny model on a CPU."""
+    """The knobs of a training run; defaults suit LoRA on the tiny model on a CPU.
+
+    Both the course loop (`train`) and the Trainer path
+    (`course_utils.trainer.train_with_trainer`) read it.
+    """
 
     steps: int = 60
     batch_size: int = 8
@@ -52,12 +69,28 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     checkpoint_every: int | None = None  # steps between checkpoints (None: only at the end if output_dir)
     log_every: int = 10
+    eval_every: int | None = None  # steps between validation answer losses (Trainer path, with eval_examples)
 
     def __post_init__(self) -> None:
-        if self.steps <= 0 or self.batch_size <= 0 or self.grad_accum <= 0:
-            raise ValueError("steps, batch_size and grad_accum must be positive integers.")
+        _positive_int("steps", self.steps, "e.g. steps=60")
+        _positive_int("batch_size", self.batch_size, "e.g. batch_size=8")
+        _positive_int("grad_accum", self.grad_accum, "1 means no accumulation")
+        _positive_int("max_length", self.max_length, "the course's examples fit in 256 tokens")
+        _positive_int("checkpoint_every", self.checkpoint_every, "e.g. checkpoint_every=25, or None", allow_none=True)
+        _positive_int("eval_every", self.eval_every, "e.g. eval_every=10, or None", allow_none=True)
+        for name in ("learning_rate", "weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}; "
+                                 "LoRA usually trains with learning_rate=1e-4 to 1e-3.")
+        if self.learning_rate == 0:
+            raise ValueError("learning_rate=0 trains nothing; LoRA usually uses 1e-4 to 1e-3.")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}.")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"Unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}.")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ValueError(f"gradient_checkpointing must be True or False, got {self.gradient_checkpointing!r}.")
 
 
 @dataclass
@@ -66,6 +99,7 @@ class TrainResult:
     seconds: float = 0.0  # wall time of the steps run in this call
     tokens: int = 0  # tokens processed in this call
     resumed_from: int = 0  # step the run resumed from (0 = fresh)
+    validation_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, answer loss)
 
     @property
     def tokens_per_second(self) -> float:
@@ -136,24 +170,67 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, losses: list[float]) -> None:
-    """Trainable weights, optimizer, schedule, step and losses; written atomically."""
+def run_signature(model: torch.nn.Module, config: TrainConfig, examples: Sequence[dict]) -> dict:
+    """What must match for a checkpoint to continue a run: settings (steps excepted), shapes, data."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("steps", "log_every", "eval_every")}
+    shapes = {n: list(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+    data = hashlib.sha256(json.dumps([(e.get("id"), e["question"], e["answer"]) for e in examples]).encode())
+    return {"settings": settings, "trainable": shapes, "examples": len(examples), "data_sha256": data.hexdigest()}
+
+
+def signature_differences(saved: dict, current: dict) -> list[str]:
+    """Human-readable differences between two run signatures (empty: the same run)."""
+    differences = [f"{key}: {saved['settings'].get(key)!r} in the folder, {value!r} now"
+                   for key, value in current["settings"].items() if saved["settings"].get(key) != value]
+    if saved["trainable"] != current["trainable"]:
+        extra = sorted(set(saved["trainable"]) ^ set(current["trainable"]))
+        reshaped = sorted(n for n in set(saved["trainable"]) & set(current["trainable"])
+                          if saved["trainable"][n] != current["trainable"][n])
+        example = (extra[:1] or [f"{n} {saved['trainable'][n]} -> {current['trainable'][n]}" for n in reshaped[:1]])
+        differences.append(f"trainable parameters ({len(extra)} names and {len(reshaped)} shapes differ, "
+                           f"e.g. {example[0]})")
+    if (saved["examples"], saved["data_sha256"]) != (current["examples"], current["data_sha256"]):
+        differences.append(f"training data ({saved['examples']} examples in the folder's run, "
+                           f"{current['examples']} now, or other contents)")
+    return differences
+
+
+def other_run_error(folder: Path, differences: list[str]) -> ValueError:
+    return ValueError(f"{folder} holds a run with other settings ({'; '.join(differences)}): "
+                      "use a fresh output folder.")
+
+
+def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, losses: list[float],
+                    signature: dict) -> None:
+    """Trainable weights, optimizer, schedule, step, losses and the run's signature; written atomically."""
     folder.mkdir(parents=True, exist_ok=True)
     state = {"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "step": step, "losses": losses,
-             "torch_rng": torch.get_rng_state()}
+             "torch_rng": torch.get_rng_state(), "signature": json.dumps(signature)}
     tmp = folder / (CHECKPOINT_FILE + ".tmp")
     torch.save(state, tmp)
     tmp.replace(folder / CHECKPOINT_FILE)
 
 
-def load_checkpoint(folder: Path, model, optimizer, scheduler) -> tuple[int, list[float]]:
-    state = torch.load(folder / CHECKPOINT_FILE, weights_only=True)
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint's contents, or an error that names the file and what to do."""
+    try:
+        state = torch.load(path, weights_only=True)
+        if not isinstance(state, dict) or not {"trainable", "optimizer", "step", "signature"} <= set(state):
+            raise ValueError("it does not hold the course loop's fields")
+    except Exception as exc:  # truncated, random bytes, a pickle with code in it, another program's file
+        raise ValueError(f"{path} cannot be read as a training checkpoint ({type(exc).__name__}). It is damaged, "
+                         f"or not written by course_utils.train: delete {path.parent} to start the run over.") from None
+    return state
+
+
+def load_checkpoint(folder: Path, model, optimizer, scheduler, signature: dict) -> tuple[int, list[float]]:
+    """Restore a run; refuse one with other settings before touching any weight."""
+    state = read_checkpoint(folder / CHECKPOINT_FILE)
+    differences = signature_differences(json.loads(state["signature"]), signature)
+    if differences:
+        raise other_run_error(folder, differences)
     params = dict(model.named_parameters())
-    missing = [n for n in state["trainable"] if n not in params]
-    if missing:
-        raise ValueError(f"Checkpoint in {folder} does not fit this model (e.g. {missing[0]}); "
-                         "use a fresh output folder or the same model and LoRA settings.")
     with torch.no_grad():
         for name, value in state["trainable"].items():
             params[name].copy_(value)
@@ -198,6 +275,12 @@ def train(model, tokenizer, examples: Sequence[dict], config: TrainConfig, outpu
     device = next(model.parameters()).device
     features = [training_features(tokenizer, e, config.max_length) for e in examples]
     params = [p for p in model.parameters() if p.requires_grad]
+    if any(p.dtype == torch.float16 for p in params):
+        raise ValueError("This loop has no loss scaler, and fp16 weights trained without one lose small gradients "
+                         "(underflow) and overflow to inf. Load the model with dtype=torch.float32 (the loop can "
+                         "still run on a GPU), or train with course_utils.trainer.train_with_trainer, which uses "
+                         "fp16 autocast with loss scaling on a T4.")
+    signature = run_signature(model, config, examples)
     undo_cpu_inference_packing(model)  # an evaluated NF4 model on the CPU would otherwise get no gradients
     optimizer = make_optimizer(params, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, config))
@@ -208,7 +291,7 @@ def train(model, tokenizer, examples: Sequence[dict], config: TrainConfig, outpu
     folder = Path(output_dir) if output_dir else None
     step, losses = 0, []
     if folder and (folder / CHECKPOINT_FILE).exists():
-        step, losses = load_checkpoint(folder, model, optimizer, scheduler)
+        step, losses = load_checkpoint(folder, model, optimizer, scheduler, signature)
     result = TrainResult(losses=losses, resumed_from=step)
     if step >= config.steps:
         return result
@@ -233,19 +316,59 @@ def train(model, tokenizer, examples: Sequence[dict], config: TrainConfig, outpu
         bar.set_postfix(loss=f"{step_loss:.3f}")
         done = step + 1
         if folder and config.checkpoint_every and done % config.checkpoint_every == 0 and done < end:
-            save_checkpoint(folder, model, optimizer, scheduler, done, losses)
+            save_checkpoint(folder, model, optimizer, scheduler, done, losses, signature)
     result.seconds = time.perf_counter() - start_time
     if folder:
-        save_checkpoint(folder, model, optimizer, scheduler, end, losses)
+        save_checkpoint(folder, model, optimizer, scheduler, end, losses, signature)
     model.eval()
     return result
 
 
 @torch.no_grad()
+def answer_loss(model, tokenizer, examples: Sequence[dict], batch_size: int = 8, max_length: int = 256) -> float:
+    """Mean cross-entropy per answer token on `examples`: the course's main yardstick.
+
+    The prompt is masked exactly as in training (`training_features`), and the
+    mean is over answer tokens (the EOS included), not over batches, so the
+    value does not depend on the batch size. Forward passes only: on a CPU it
+    costs a fraction of generating and scoring the same examples, and it moves
+    smoothly where execution accuracy jumps between 0 and 1 per question.
+    """
+    if not examples:
+        raise ValueError("answer_loss needs at least one example.")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    features = [training_features(tokenizer, e, max_length) for e in examples]
+    for start in range(0, len(features), batch_size):
+        batch = {k: v.to(device) for k, v in collate(features[start:start + batch_size], tokenizer.pad_token_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        labels = batch["labels"][:, 1:]
+        total += torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1),
+                                                   ignore_index=-100, reduction="sum").item()
+        tokens += int((labels != -100).sum())
+    model.train(was_training)
+    return total / tokens
+
+
+def generation_batch_size(device: torch.device) -> int:
+    """Examples generated at once: 64 on a CPU, 16 on a GPU.
+
+    On a CPU each new token reads every weight from memory once for the whole
+    batch, so a decoding step costs about the same for 4 examples or 64:
+    large batches are nearly free there. On a GPU 16 keeps the KV cache of a
+    7B model small.
+    """
+    return 16 if device.type == "cuda" else 64
+
+
+@torch.no_grad()
 def generate_answers(model, tokenizer, examples: Sequence[dict], max_new_tokens: int = 64,
-                     batch_size: int = 16, progress: bool = True) -> list[str]:
+                     batch_size: int | None = None, progress: bool = True) -> list[str]:
     """Greedy answers for a list of examples, in batches (left padding)."""
     device = next(model.parameters()).device
+    batch_size = batch_size or generation_batch_size(device)
     tokenizer.padding_side = "left"
     answers: list[str] = []
     was_training = model.training
@@ -262,7 +385,7 @@ def generate_answers(model, tokenizer, examples: Sequence[dict], max_new_tokens:
     return answers
 
 
-def evaluate_model(model, tokenizer, examples: Sequence[dict], batch_size: int = 16,
+def evaluate_model(model, tokenizer, examples: Sequence[dict], batch_size: int | None = None,
                    max_new_tokens: int = 64) -> EvalReport:
     """Generate answers and score them with the task's exact metric."""
     return score_task(generate_answers(model, tokenizer, examples, max_new_tokens, batch_size), examples)
@@ -296,6 +419,20 @@ class AdapterSettings:
     quantization: str | None = None  # None for LoRA, "nf4" for QLoRA
     double_quant: bool = False
     model_id: str = ""  # "" = the course's tiny model
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+            raise ValueError(f"r must be a positive integer (the rank of B A), got {self.r!r}; try r=8.")
+        if (isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float))
+                or not math.isfinite(self.lora_alpha) or self.lora_alpha <= 0):
+            raise ValueError(f"lora_alpha must be a finite positive number, got {self.lora_alpha!r}; "
+                             "the course uses lora_alpha=16 with r=8.")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout is a probability in [0, 1), got {self.lora_dropout!r}.")
+        if self.quantization not in (None, "int8", "fp4", "nf4"):
+            raise ValueError(f"quantization must be None, 'int8', 'fp4' or 'nf4', got {self.quantization!r}.")
+        self.train_config()  # steps, batch size, learning rate and seed are checked where they are used
+        self.target_modules()
 
     def target_modules(self) -> list[str]:
         if isinstance(self.targets, str):
@@ -335,17 +472,25 @@ def adapter_dir(settings: AdapterSettings) -> Path:
     return cache_dir("adapters") / f"{settings.task}-r{settings.r}-{key}"
 
 
+VALIDATION_EXAMPLES = 24  # validation examples whose answer loss a cached adapter records while it trains
+VALIDATION_POINTS = 6  # how many times per run it records it
+
+
 def train_lora_adapter(settings: AdapterSettings, profile: HardwareProfile | None = None,
                        force: bool = False) -> Path:
     """Train (or reuse) a PEFT LoRA adapter for `settings`; return its folder.
 
-    The folder holds the adapter (safetensors), `settings.json` and
-    `train_log.json` (losses, time, tokens/s). An interrupted training resumes
-    from its checkpoint; a finished one is reused unless `force=True`.
+    Training goes through transformers' Trainer (`course_utils.trainer`), with
+    the precision the hardware calls for. The folder holds the adapter
+    (safetensors), its config and `train_log.json` (training loss per step,
+    validation answer loss at a few points, time, tokens/s). An interrupted
+    training resumes from its checkpoint; a finished one is reused unless `force=True`.
     """
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model
 
+    from .data import evenly_spaced
     from .models import TINY_MODEL_ID, load_tokenizer
+    from .trainer import prepare_for_training, train_with_trainer
 
     folder = adapter_dir(settings)
     if force and folder.exists():
@@ -355,16 +500,19 @@ def train_lora_adapter(settings: AdapterSettings, profile: HardwareProfile | Non
     profile = profile or detect()
     tokenizer = load_tokenizer(settings.model_id or TINY_MODEL_ID)
     model = load_base_for(settings, profile)
-    if settings.quantization:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    prepare_for_training(model, profile)
+    set_seed(settings.seed)  # LoRA's A is drawn at random: the seed, not earlier cells, decides the start
     model = get_peft_model(model, lora_config(settings))
     examples = load_examples(settings.task, "train")
-    config = settings.train_config(checkpoint_every=max(10, settings.steps // 4))
-    result = train(model, tokenizer, examples, config, output_dir=folder / "checkpoint")
+    validation = evenly_spaced(load_examples(settings.task, "validation"), VALIDATION_EXAMPLES)
+    config = settings.train_config(checkpoint_every=max(10, settings.steps // 4),
+                                   eval_every=max(1, settings.steps // VALIDATION_POINTS))
+    result = train_with_trainer(model, tokenizer, examples, config, output_dir=folder / "checkpoint",
+                                eval_examples=validation, profile=profile)
     model.save_pretrained(folder)
-    log = {"settings": asdict(settings), "losses": result.losses, "seconds": result.seconds,
-           "tokens_per_second": result.tokens_per_second, "resumed_from": result.resumed_from,
-           "device": profile.kind}
+    log = {"settings": asdict(settings), "losses": result.losses, "validation_losses": result.validation_losses,
+           "seconds": result.seconds, "tokens_per_second": result.tokens_per_second,
+           "resumed_from": result.resumed_from, "device": profile.kind}
     (folder / "train_log.json").write_text(json.dumps(log, indent=1))
     shutil.rmtree(folder / "checkpoint", ignore_errors=True)
     return folder

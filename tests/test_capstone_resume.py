@@ -1,11 +1,13 @@
 """A QLoRA run interrupted and resumed ends exactly where an uninterrupted run ends.
 
-This is the capstone's promise for a Colab disconnect: `train(..., output_dir=...)`
-checkpoints the adapter, the optimizer, the schedule and the data position, so a
-second call continues the same run. We check it on the tiny model in NF4 + double
+This is the capstone's promise for a Colab disconnect: `train_with_trainer(...,
+output_dir=...)` (transformers' Trainer) checkpoints the adapter, the optimizer,
+the schedule, the RNG states and the data position, so a second call continues
+the same run. We check it on the tiny model in NF4 + double
 quantization (QLoRA, as in the capstone), batch 2, 6 steps, interrupted after 3:
 
-- the resumed run reports `resumed_from == 3` and trains only the 3 missing steps;
+- the resumed run reports `resumed_from == 2` (checkpoints every 2 steps: step 3 was lost
+  with the runtime) and trains the 4 missing steps;
 - its 6 losses equal the uninterrupted run's within LOSS_TOLERANCE (on a CPU the
   arithmetic is the same, so in practice they are identical);
 - its final adapter weights equal the uninterrupted run's within WEIGHT_TOLERANCE.
@@ -18,7 +20,8 @@ from course_utils.capstone import QLoRARecipe
 from course_utils.data import load_examples
 from course_utils.hardware import detect
 from course_utils.models import TINY_MODEL_ID, load_model, load_tokenizer
-from course_utils.train import CHECKPOINT_FILE, TrainConfig, train, trainable_state
+from course_utils.train import TrainConfig, trainable_state
+from course_utils.trainer import checkpoints_in, prepare_for_training, train_with_trainer
 
 LOSS_TOLERANCE = 1e-5  # absolute, per step
 WEIGHT_TOLERANCE = 1e-6  # absolute, per adapter weight
@@ -29,6 +32,7 @@ def _fresh_qlora_model():
     """The tiny model in NF4 + DQ with a rank-16 all-linear adapter, initialised from a fixed seed."""
     profile = detect()
     base = load_model(TINY_MODEL_ID, quantization="nf4", double_quant=True, profile=profile)
+    prepare_for_training(base, profile)
     torch.manual_seed(0)
     return get_peft_model(base, QLoRARecipe(model_id=TINY_MODEL_ID).lora_config())
 
@@ -37,24 +41,25 @@ def test_interrupted_qlora_run_resumes_to_the_same_result(tmp_path):
     tokenizer = load_tokenizer()
     examples = load_examples("sql", "train", limit=12)
     config = TrainConfig(steps=STEPS, batch_size=2, learning_rate=1e-3, warmup_steps=2, checkpoint_every=2,
-                         max_length=128, seed=0)
+                         max_length=256, seed=0)
 
     reference_model = _fresh_qlora_model()
     assert type(reference_model.base_model.model.model.layers[0].self_attn.q_proj.base_layer).__name__ == "Linear4bit"
-    reference = train(reference_model, tokenizer, examples, config)
+    reference = train_with_trainer(reference_model, tokenizer, examples, config)
     reference_weights = trainable_state(reference_model)
     del reference_model
 
     folder = tmp_path / "run"
-    interrupted = train(_fresh_qlora_model(), tokenizer, examples, config, output_dir=folder, stop_after=STOP_AFTER)
+    interrupted = train_with_trainer(_fresh_qlora_model(), tokenizer, examples, config, output_dir=folder,
+                                     stop_after=STOP_AFTER)
     assert len(interrupted.losses) == STOP_AFTER
-    assert (folder / CHECKPOINT_FILE).exists()
+    assert [p.name for p in checkpoints_in(folder)] == ["checkpoint-2"]  # step 3 was lost with the runtime
 
     resumed_model = _fresh_qlora_model()  # a new runtime: nothing survives but the folder
-    resumed = train(resumed_model, tokenizer, examples, config, output_dir=folder)
-    assert resumed.resumed_from == STOP_AFTER
+    resumed = train_with_trainer(resumed_model, tokenizer, examples, config, output_dir=folder)
+    assert resumed.resumed_from == 2  # the last checkpoint before the disconnect
     assert len(resumed.losses) == STEPS
-    assert resumed.losses[:STOP_AFTER] == interrupted.losses
+    assert resumed.losses[:2] == interrupted.losses[:2]
     loss_gap = max(abs(a - b) for a, b in zip(resumed.losses, reference.losses))
     assert loss_gap <= LOSS_TOLERANCE, f"losses differ by {loss_gap:.2e}"
     assert reference.losses[-1] < reference.losses[0]  # it really trained
@@ -67,7 +72,7 @@ def test_interrupted_qlora_run_resumes_to_the_same_result(tmp_path):
                 for n, w0 in trainable_state(_fresh_qlora_model()).items())
     assert moved > 100 * WEIGHT_TOLERANCE  # the comparison is not between two untrained adapters
 
-    finished = train(resumed_model, tokenizer, examples, config, output_dir=folder)  # a third call: nothing left
+    finished = train_with_trainer(resumed_model, tokenizer, examples, config, output_dir=folder)  # a third call: nothing left
     assert finished.resumed_from == STEPS and finished.losses == resumed.losses
 
 
@@ -81,7 +86,7 @@ def test_an_nf4_model_evaluated_before_training_still_gets_gradients():
     from course_utils.train import collate, undo_cpu_inference_packing
 
     tokenizer = load_tokenizer()
-    batch = collate([training_features(tokenizer, e, 128) for e in load_examples("sql", "train", limit=2)],
+    batch = collate([training_features(tokenizer, e, 256) for e in load_examples("sql", "train", limit=2)],
                     tokenizer.pad_token_id)
     model = _fresh_qlora_model()
     model.eval()

@@ -217,3 +217,34 @@ def test_targeting_an_adapted_layer_again_says_so_and_lists_plain_names():
     with pytest.raises(ValueError, match="already have LoRA") as error:
         inject_lora(model, LoraConfig(r=2, target_modules=["q_proj"]))
     assert "base_layer" not in str(error.value) and "'q_proj'" in str(error.value)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(r=True), r"got True \(bool\)"),  # True is the int 1 in Python, but not a rank
+    (dict(r=False), r"got False \(bool\)"),
+    (dict(r="8"), r"got '8' \(str\)"),
+    (dict(r=8.0), r"got 8.0 \(float\)"),
+    (dict(lora_alpha=0), "finite positive"),
+    (dict(lora_alpha=-16), "finite positive"),
+    (dict(lora_alpha=float("nan")), "got nan"),
+    (dict(lora_alpha=float("inf")), "got inf"),
+    (dict(lora_alpha=True), r"\(bool\)"),
+    (dict(lora_alpha="16"), r"\(str\)"),
+    (dict(lora_dropout=float("nan")), r"\[0, 1\)"),
+    (dict(lora_dropout=-0.1), r"\[0, 1\)"),
+    (dict(use_rslora="yes"), "True or False"),
+])
+def test_config_and_layer_refuse_bad_values_saying_what_is_allowed(kwargs, message):
+    with pytest.raises(ValueError, match=message) as error:
+        LoraConfig(**kwargs)
+    assert "usual" in str(error.value) or "default" in str(error.value) or "True or False" in str(error.value)
+    with pytest.raises(ValueError, match=message):
+        LoraLinear(nn.Linear(16, 16), **kwargs)
+
+
+def test_numpy_numbers_are_accepted_as_rank_and_alpha():
+    import numpy as np
+
+    config = LoraConfig(r=np.int64(4), lora_alpha=np.float32(8.0))
+    assert config.r == 4 and type(config.r) is int and config.scaling == 2.0
+    assert LoraLinear(nn.Linear(8, 8), r=np.int64(2), lora_alpha=np.float64(4.0)).scaling == 2.0

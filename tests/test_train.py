@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from course_utils import train as train_module
+from course_utils import trainer as trainer_module
 from course_utils.data import load_examples
 from course_utils.models import load_model, load_tokenizer
-from course_utils.train import (AdapterSettings, TrainConfig, adapter_dir, batch_indices, learning_rate_factor,
-                                train, train_lora_adapter, trainable_state)
+from course_utils.train import (CHECKPOINT_FILE, AdapterSettings, TrainConfig, adapter_dir, batch_indices,
+                                learning_rate_factor, read_train_log, train, train_lora_adapter, trainable_state)
 
 STEPS = 4
 # Resumed and uninterrupted runs execute the same float32 operations in the same order on the same
@@ -79,6 +80,44 @@ def test_checkpoint_of_another_model_is_refused(tmp_path, tokenizer, examples):
         train(other, tokenizer, examples, config(), output_dir=tmp_path)
 
 
+@pytest.mark.parametrize("rank, changes, message", [
+    (8, {}, "trainable parameters"),  # an r=1 checkpoint must not broadcast into r=8 weights
+    (1, {"learning_rate": 5e-3}, "learning_rate"),  # a new learning rate is another run, not a resume
+])
+def test_resume_refuses_other_settings_before_touching_weights(tmp_path, tokenizer, examples, rank, changes, message):
+    from peft import LoraConfig, get_peft_model
+
+    def model_of_rank(r):
+        torch.manual_seed(0)
+        return get_peft_model(load_model(), LoraConfig(r=r, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+
+    train(model_of_rank(1), tokenizer, examples, config(), output_dir=tmp_path, stop_after=1)
+    model = model_of_rank(rank)
+    before = trainable_state(model)
+    with pytest.raises(ValueError, match=f"other settings.*{message}.*fresh output folder"):
+        train(model, tokenizer, examples, config(**changes), output_dir=tmp_path)
+    assert all(torch.equal(before[n], w) for n, w in trainable_state(model).items())
+
+
+@pytest.mark.parametrize("damage", [b"", b"\x00" * 100, b"not a checkpoint at all", "truncate"])
+def test_a_damaged_checkpoint_names_the_file_and_the_fix(tmp_path, tokenizer, examples, damage):
+    train(lora_model(), tokenizer, examples, config(), output_dir=tmp_path, stop_after=1)
+    path = tmp_path / CHECKPOINT_FILE
+    path.write_bytes(path.read_bytes()[:500] if damage == "truncate" else damage)
+    with pytest.raises(ValueError, match="checkpoint.pt cannot be read") as error:
+        train(lora_model(), tokenizer, examples, config(), output_dir=tmp_path)
+    assert str(tmp_path) in str(error.value) and "delete" in str(error.value)
+    assert "weights_only" not in str(error.value)
+
+
+def test_the_course_loop_refuses_fp16_weights(tokenizer, examples):
+    model = load_model(dtype=torch.float16, device="cpu")
+    for name, param in model.named_parameters():
+        param.requires_grad = name.endswith("q_proj.weight")
+    with pytest.raises(ValueError, match="loss scaler.*train_with_trainer"):
+        train(model, tokenizer, examples, config())
+
+
 def test_batch_indices_are_a_seeded_shuffle_per_epoch():
     n, size = 10, 3  # 3 full batches per epoch, one example left out each epoch
     first_epoch = [batch_indices(n, size, step, seed=7) for step in range(3)]
@@ -103,7 +142,11 @@ def test_learning_rate_schedule():
 
 @pytest.mark.parametrize("changes, message", [
     (dict(steps=0), "positive"), (dict(batch_size=0), "positive"), (dict(grad_accum=-1), "positive"),
-    (dict(optimizer="adam"), "Unknown optimizer"),
+    (dict(optimizer="adam"), "Unknown optimizer"), (dict(steps=2.5), "positive integer"),
+    (dict(steps=True), "positive integer"), (dict(max_length=0), "positive integer"),
+    (dict(learning_rate=-1e-3), "finite number"), (dict(learning_rate=float("nan")), "finite number"),
+    (dict(learning_rate=0), "trains nothing"), (dict(checkpoint_every=0), "positive integer"),
+    (dict(gradient_checkpointing="yes"), "True or False"),
 ])
 def test_bad_train_config(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -128,26 +171,40 @@ def test_too_long_example_is_an_error(tokenizer, examples):
         train(lora_model(), tokenizer, examples, config(max_length=16))
 
 
+@pytest.mark.parametrize("changes, message", [
+    (dict(r=0), "positive integer"), (dict(r=True), "positive integer"), (dict(r=2.0), "positive integer"),
+    (dict(lora_alpha=0), "finite positive"), (dict(lora_alpha=float("nan")), "finite positive"),
+    (dict(lora_alpha=float("inf")), "finite positive"), (dict(steps=0), "positive integer"),
+    (dict(learning_rate=float("inf")), "finite number"), (dict(quantization="nf5"), "quantization"),
+])
+def test_bad_adapter_settings_are_refused_up_front(changes, message):
+    with pytest.raises(ValueError, match=message):
+        AdapterSettings(**changes)
+
+
 def test_unknown_target_set():
     with pytest.raises(ValueError, match="Unknown target set"):
-        AdapterSettings(targets="mlp").target_modules()
+        AdapterSettings(targets="mlp")
     assert AdapterSettings(targets=("q_proj",)).target_modules() == ["q_proj"]
 
 
 def test_adapter_is_cached_by_its_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(train_module, "VALIDATION_EXAMPLES", 4)  # the curve's size is not under test here
     settings = AdapterSettings(r=1, targets="qv", steps=2, batch_size=2)
     folder = train_lora_adapter(settings)
     assert folder == adapter_dir(settings) and folder.is_relative_to(tmp_path)
     for name in ("adapter_model.safetensors", "adapter_config.json", "train_log.json"):
         assert (folder / name).exists(), name
     assert not (folder / "checkpoint").exists()
+    log = read_train_log(folder)
+    assert len(log["losses"]) == 2 and [step for step, _ in log["validation_losses"]] == [0, 1, 2]
     stamp = (folder / "adapter_model.safetensors").stat().st_mtime_ns
 
     def no_training(*args, **kwargs):
         raise AssertionError("a cached adapter must not be trained again")
 
-    monkeypatch.setattr(train_module, "train", no_training)
+    monkeypatch.setattr(trainer_module, "train_with_trainer", no_training)
     assert train_lora_adapter(settings) == folder
     assert (folder / "adapter_model.safetensors").stat().st_mtime_ns == stamp
     other = AdapterSettings(r=1, targets="qv", steps=2, batch_size=2, seed=1)  # one knob differs: new folder

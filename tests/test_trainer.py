@@ -1,0 +1,184 @@
+"""The Trainer path: resume equals an uninterrupted run, refuses other runs, stops on a non-finite loss.
+
+Runs on the tiny model with a rank-2 LoRA on q_proj and v_proj, a handful of
+examples, batch 2 and 4 steps, so each training run takes seconds on a CPU.
+"""
+
+import math
+import shutil
+from dataclasses import replace
+
+import pytest
+import torch
+
+from course_utils import trainer as trainer_module
+from course_utils.data import load_examples
+from course_utils.hardware import HardwareProfile
+from course_utils.models import load_model, load_tokenizer
+from course_utils.train import TrainConfig, answer_loss, trainable_state
+from course_utils.trainer import (NonFiniteLossError, checkpoints_in, mixed_precision, planned_dtypes,
+                                  prepare_for_training, train_with_trainer)
+
+STEPS = 4
+TOLERANCE = 1e-6  # same float32 operations in the same order on the same machine: rounding only
+T4 = HardwareProfile("cuda", "Tesla T4", 14.7, (7, 5), native_bf16=False)
+A100 = HardwareProfile("cuda", "A100", 39.4, (8, 0), native_bf16=True)
+CPU = HardwareProfile("cpu", "cpu", 16.0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return load_examples("sql", "train", limit=8)
+
+
+def lora_model(seed=0, r=2, targets=("q_proj", "v_proj")):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    return get_peft_model(load_model(), LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets),
+                                                   task_type="CAUSAL_LM"))
+
+
+def config(**changes):
+    return TrainConfig(**(dict(steps=STEPS, batch_size=2, learning_rate=1e-3, warmup_steps=1, seed=3,
+                               checkpoint_every=2) | changes))
+
+
+def test_resume_after_disconnect_equals_uninterrupted_run(tmp_path, tokenizer, examples):
+    straight = lora_model()
+    full = train_with_trainer(straight, tokenizer, examples, config(), output_dir=tmp_path / "straight")
+    assert len(full.losses) == STEPS and full.resumed_from == 0 and full.tokens > 0
+
+    part = train_with_trainer(lora_model(), tokenizer, examples, config(), output_dir=tmp_path / "resumed",
+                              stop_after=2)
+    assert len(part.losses) == 2 and [p.name for p in checkpoints_in(tmp_path / "resumed")] == ["checkpoint-2"]
+    second = lora_model(seed=123)  # "a new runtime": another random A, overwritten by the checkpoint
+    rest = train_with_trainer(second, tokenizer, examples, config(), output_dir=tmp_path / "resumed")
+    assert rest.resumed_from == 2
+    assert torch.allclose(torch.tensor(rest.losses), torch.tensor(full.losses), rtol=0, atol=TOLERANCE)
+    expected, got = trainable_state(straight), trainable_state(second)
+    assert expected.keys() == got.keys() and expected
+    for name in expected:
+        assert torch.allclose(got[name], expected[name], rtol=0, atol=TOLERANCE), name
+    start = trainable_state(lora_model())
+    assert any(not torch.allclose(start[n], expected[n]) for n in expected)  # the weights did move
+
+    finished = lora_model(seed=7)  # a third call: nothing left to train, the adapter is loaded
+    again = train_with_trainer(finished, tokenizer, examples, config(), output_dir=tmp_path / "resumed")
+    assert again.resumed_from == STEPS and again.tokens == 0 and again.losses == rest.losses
+    assert all(torch.equal(trainable_state(finished)[n], got[n]) for n in got)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(config=dict(learning_rate=2e-3)), "learning_rate"),
+    (dict(model=dict(r=4)), "trainable parameters"),  # rank 2 checkpoint, rank 4 model
+    (dict(model=dict(targets=("q_proj", "v_proj", "k_proj"))), "trainable parameters"),
+    (dict(data=True), "training data"),
+])
+def test_a_folder_holding_another_run_is_refused_before_anything_changes(tmp_path, tokenizer, examples, change,
+                                                                         message):
+    train_with_trainer(lora_model(), tokenizer, examples, config(), output_dir=tmp_path, stop_after=2)
+    model = lora_model(seed=5, **change.get("model", {}))
+    before = trainable_state(model)
+    data = load_examples("sql", "train", limit=10)[2:] if change.get("data") else examples
+    with pytest.raises(ValueError, match=f"other settings.*{message}.*fresh output folder"):
+        train_with_trainer(model, tokenizer, data, config(**change.get("config", {})), output_dir=tmp_path)
+    after = trainable_state(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)  # refused before touching any weight
+    # more steps is the same run, continued
+    more = train_with_trainer(lora_model(seed=9), tokenizer, examples, config(steps=STEPS + 1), output_dir=tmp_path)
+    assert more.resumed_from == 2 and len(more.losses) == STEPS + 1
+
+
+def test_checkpoints_without_settings_are_refused(tmp_path, tokenizer, examples):
+    train_with_trainer(lora_model(), tokenizer, examples, config(), output_dir=tmp_path, stop_after=2)
+    (tmp_path / trainer_module.RUN_FILE).unlink()
+    with pytest.raises(ValueError, match="settings are unknown"):
+        train_with_trainer(lora_model(), tokenizer, examples, config(), output_dir=tmp_path)
+
+
+def test_two_checkpoints_are_kept_each_flushed_before_the_older_goes(tmp_path, tokenizer, examples, monkeypatch):
+    events = []
+    real_fsync, real_rmtree = trainer_module.os.fsync, trainer_module.shutil.rmtree
+    monkeypatch.setattr(trainer_module.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd)))
+    monkeypatch.setattr(trainer_module.shutil, "rmtree",
+                        lambda path, *a, **k: (events.append(f"delete {path.name}"), real_rmtree(path, *a, **k)))
+    train_with_trainer(lora_model(), tokenizer, examples, config(checkpoint_every=1), output_dir=tmp_path)
+    assert [p.name for p in checkpoints_in(tmp_path)] == ["checkpoint-3", "checkpoint-4"]
+    deletions = [i for i, e in enumerate(events) if e.startswith("delete")]
+    assert [events[i] for i in deletions] == ["delete checkpoint-1", "delete checkpoint-2"]
+    assert all(events[i - 1] == "fsync" for i in deletions)  # the new checkpoint reached the disk first
+
+
+def test_a_non_finite_loss_stops_before_the_update_and_before_any_checkpoint(tmp_path, tokenizer, examples):
+    model = lora_model()
+    calls = {"n": 0}
+
+    def poison(module, inputs, output):  # the 3rd training forward overflows, as fp16 can
+        calls["n"] += module.training
+        return output * float("nan") if module.training and calls["n"] == 3 else output
+
+    model.get_base_model().lm_head.register_forward_hook(poison)
+    with pytest.raises(NonFiniteLossError, match="step 3.*checkpoint-2"):
+        train_with_trainer(model, tokenizer, examples, config(checkpoint_every=1), output_dir=tmp_path)
+    assert [p.name for p in checkpoints_in(tmp_path)] == ["checkpoint-1", "checkpoint-2"]
+    assert all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad)  # step 3 changed nothing
+
+
+def test_loss_is_normalised_by_answer_tokens_across_accumulation(tokenizer):
+    """With accumulation, step 1's loss is total answer-token loss / total answer tokens of both micro-batches."""
+    pair = load_examples("sql", "train", limit=40)
+    pair = [min(pair, key=lambda e: len(e["answer"])), max(pair, key=lambda e: len(e["answer"]))]  # unequal lengths
+    model = lora_model()
+    expected = answer_loss(model, tokenizer, pair)  # token-weighted mean at the initial weights (B = 0)
+    per_example = [answer_loss(model, tokenizer, [e]) for e in pair]
+    result = train_with_trainer(model, tokenizer, pair, config(steps=1, batch_size=1, grad_accum=2, warmup_steps=0,
+                                                               checkpoint_every=None))
+    assert math.isclose(result.losses[0], expected, rel_tol=1e-5)
+    assert not math.isclose(expected, sum(per_example) / 2, rel_tol=1e-3)  # the mean of means would differ
+
+
+def test_validation_loss_is_recorded_from_step_0(tokenizer, examples):
+    validation = load_examples("sql", "validation", limit=4)
+    model = lora_model()
+    start = answer_loss(model, tokenizer, validation)
+    result = train_with_trainer(model, tokenizer, examples, config(eval_every=2, checkpoint_every=None),
+                                eval_examples=validation)
+    assert [step for step, _ in result.validation_losses] == [0, 2, 4]
+    assert result.validation_losses[0][1] == pytest.approx(start, rel=1e-6)
+    assert result.validation_losses[-1][1] == pytest.approx(answer_loss(model, tokenizer, validation), rel=1e-6)
+
+
+def test_precision_follows_the_hardware():
+    assert [mixed_precision(p) for p in (T4, A100, CPU)] == ["fp16", "bf16", "no"]
+    assert planned_dtypes(T4) == {"weight_dtype": torch.float32, "unquantized_dtype": torch.float32}
+    assert planned_dtypes(A100) == planned_dtypes(CPU) == {}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_prepare_keeps_the_residual_stream_in_fp32_only_on_fp16_devices(dtype):
+    model = load_model(dtype=dtype, device="cpu")
+    assert prepare_for_training(model, A100) == 0 and prepare_for_training(model, CPU) == 0
+    assert model.model.embed_tokens.weight.dtype == dtype
+    moved = prepare_for_training(model, T4)
+    assert moved == len(list(model.parameters())) > 0
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_eight_bit_optimizers_need_a_gpu(tokenizer, examples):
+    with pytest.raises(ValueError, match="CUDA GPU"):
+        train_with_trainer(lora_model(), tokenizer, examples, config(optimizer="paged_adamw_8bit"), profile=CPU)
+
+
+def test_nothing_to_train_and_too_few_examples_are_clear_errors(tokenizer, examples):
+    frozen = load_model()
+    frozen.requires_grad_(False)
+    with pytest.raises(ValueError, match="No trainable parameters"):
+        train_with_trainer(frozen, tokenizer, examples, config())
+    with pytest.raises(ValueError, match="lower batch_size"):
+        train_with_trainer(lora_model(), tokenizer, examples[:1], config())

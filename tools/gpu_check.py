@@ -1,0 +1,243 @@
+"""Check the course on a CUDA GPU in one command, and write one report.
+
+    python tools/gpu_check.py                   # every lesson and solution, then the 7B memory check
+    python tools/gpu_check.py --only 04 08      # some notebooks (by number), then the 7B check
+    python tools/gpu_check.py --skip-notebooks  # only the 7B memory check
+    python tools/gpu_check.py --skip-7b         # only the notebooks
+    make gpu-check
+
+1. Every lesson and solution runs top to bottom on the GPU with quick sizes
+   (COURSE_QUICK=1: the tiny model, CPU-sized step counts), each in a fresh
+   Python process. With a Jupyter kernel installed (nbclient + ipykernel) the
+   notebooks are executed as notebooks; without one (`--runner script`, the
+   default where they are missing) the code cells run in order in one
+   namespace, as a kernel runs them, with `display` and a non-interactive
+   matplotlib provided.
+2. The capstone's memory: `benchmarks/qlora_7b_gpu.py` builds Qwen2.5-7B from
+   its shipped config with random weights in NF4 + double quantization, adds
+   LoRA r=16 on all linear layers and trains a few steps with the capstone's
+   settings and training path, once imitating a T4 (fp16 compute, memory capped
+   at 14.74 GiB) and once an A100 40GB (bf16).
+3. One report, `build/gpu-check/report.json` and `report.md`: per notebook
+   pass/fail and seconds (with the failing cell and error), peak memory
+   allocated and reserved against the planner's prediction, tokens per second,
+   the device and the library versions. docs/measurements.md takes its numbers.
+
+Without CUDA it stops with a message and status 1. The parts that need no GPU
+(the script runner, the report) are tested on the CPU in tests/test_gpu_check.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+BENCHMARK = ROOT / "benchmarks" / "qlora_7b_gpu.py"
+NO_CUDA_MESSAGE = ("tools/gpu_check.py needs a CUDA GPU; none is visible here, so nothing was checked. "
+                   "Run it on a GPU machine (a Colab T4 or A100 runtime works).")
+MEMORY_RUNS = (("t4", "T4 imitation: fp16 compute, 14.74 GiB cap"), ("a100", "A100 40GB imitation: bf16, 39.39 GiB cap"))
+
+
+@dataclass
+class NotebookRun:
+    name: str  # e.g. "04_lora_with_peft.ipynb" or "solutions/04_lora_with_peft.ipynb"
+    passed: bool
+    seconds: float
+    cell: int | None = None  # index of the failing cell
+    error: str = ""  # the failing cell's exception, last line first
+
+
+def all_notebooks(only: list[str] | None = None) -> list[Path]:
+    """Lessons then solutions, in lesson order; `only` filters by lesson number ("04")."""
+    found = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")) + sorted((NOTEBOOKS / "solutions").glob("[0-9][0-9]_*.ipynb"))
+    return [p for p in found if not only or p.name[:2] in only]
+
+
+def code_cells(path: Path) -> list[str]:
+    return ["".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+
+
+def run_cells(path: Path) -> tuple[int | None, str]:
+    """Run a notebook's code cells in order in one namespace (no kernel); (failing cell, error) or (None, "")."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def display(*objects):  # what a kernel shows for `display(table)`
+        for obj in objects:
+            print(obj)
+
+    os.chdir(path.parent)  # a kernel starts in the notebook's folder
+    namespace = {"__name__": "__main__", "display": display}
+    for index, source in enumerate(code_cells(path)):
+        try:
+            exec(compile(source, f"{path.name}, code cell {index}", "exec"), namespace)
+        except BaseException as exc:  # noqa: BLE001 - a notebook can fail in any way; report it
+            text = "".join(traceback.format_exception(exc))
+            return index, f"{type(exc).__name__}: {exc}\n{text[-3000:]}"
+        finally:
+            plt.close("all")
+    return None, ""
+
+
+def run_with_kernel(path: Path, timeout: int) -> tuple[int | None, str]:
+    import nbclient
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(notebook, timeout=timeout, resources={"metadata": {"path": str(path.parent)}})
+    try:
+        client.execute()
+    except nbclient.exceptions.CellExecutionError as exc:
+        code = [i for i, c in enumerate(notebook.cells) if c.cell_type == "code"]
+        failing = next((n for n, i in enumerate(code) if any(o.get("output_type") == "error"
+                                                             for o in notebook.cells[i].get("outputs", []))), None)
+        return failing, str(exc)[-3000:]
+    return None, ""
+
+
+def kernel_available() -> bool:
+    from importlib.util import find_spec
+
+    return all(find_spec(name) is not None for name in ("nbclient", "nbformat", "ipykernel"))
+
+
+def run_notebook(path: Path, runner: str, timeout: int, env: dict[str, str]) -> NotebookRun:
+    """One notebook in a fresh process (as a fresh kernel would be), with a time limit."""
+    name = str(path.relative_to(NOTEBOOKS)) if path.is_relative_to(NOTEBOOKS) else path.name
+    start = time.perf_counter()
+    command = [sys.executable, str(Path(__file__).resolve()), "--run-one", str(path), "--runner", runner,
+               "--timeout", str(timeout)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout + 60,
+                              cwd=path.parent)
+    except subprocess.TimeoutExpired:
+        return NotebookRun(name, False, time.perf_counter() - start, None, f"timed out after {timeout} s")
+    seconds = time.perf_counter() - start
+    lines = done.stdout.strip().splitlines()
+    try:
+        outcome = json.loads(lines[-1]) if lines else {}
+    except json.JSONDecodeError:
+        outcome = {}
+    if done.returncode == 0 and outcome.get("cell") is None and outcome:
+        return NotebookRun(name, True, seconds)
+    error = outcome.get("error") or (done.stderr[-3000:] or f"exit status {done.returncode}")
+    return NotebookRun(name, False, seconds, outcome.get("cell"), error)
+
+
+def measure_memory(imitate: str, out: Path, env: dict[str, str]) -> dict:
+    """The 7B capstone step under one imitated card; the benchmark's JSON, or the error."""
+    target = out / f"memory-{imitate}.json"
+    command = [sys.executable, str(BENCHMARK), "--imitate", imitate, "--json", str(target)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
+    if done.returncode != 0 or not target.exists():
+        return {"imitate": imitate, "error": (done.stderr or done.stdout)[-3000:]}
+    return json.loads(target.read_text())
+
+
+def environment() -> dict:
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from qlora_7b_gpu import versions
+
+    info = {"versions": versions(), "python": sys.version.split()[0], "cuda": torch.version.cuda}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info |= {"device": props.name, "memory_gib": props.total_memory / 2**30,
+                 "compute_capability": f"{props.major}.{props.minor}"}
+    return info
+
+
+def render_markdown(report: dict) -> str:
+    """The report as markdown: environment, one row per notebook, one row per memory run."""
+    env = report["environment"]
+    lines = [f"# GPU check, {report['date']}", "",
+             f"Device: {env.get('device', 'none')} ({env.get('memory_gib', 0):.1f} GiB, compute capability "
+             f"{env.get('compute_capability', '-')}), CUDA {env.get('cuda')}, Python {env.get('python')}; "
+             + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()) + ".",
+             f"Command: `{report['command']}`", ""]
+    runs = [NotebookRun(**row) for row in report.get("notebooks", [])]
+    if runs:
+        passed = sum(r.passed for r in runs)
+        lines += [f"## Notebooks ({report['runner']} runner, quick sizes): {passed} of {len(runs)} passed, "
+                  f"{sum(r.seconds for r in runs):.0f} s in all", "",
+                  "| notebook | result | seconds | failing cell: error |", "|---|---|---|---|"]
+        for r in runs:
+            detail = f"cell {r.cell}: {r.error.splitlines()[0][:160]}" if not r.passed and r.error else ""
+            lines.append(f"| {r.name} | {'pass' if r.passed else 'FAIL'} | {r.seconds:.0f} | {detail} |")
+        lines.append("")
+    memory = report.get("memory", [])
+    if memory:
+        lines += ["## Capstone memory: Qwen2.5-7B (random weights from its config), NF4 + DQ, LoRA r=16 all linear",
+                  "", "| run | compute | peak allocated GiB | peak reserved GiB | plan w/o CUDA context GiB "
+                  "| allocated / plan | s/step | tokens/s |", "|---|---|---|---|---|---|---|---|"]
+        for row in memory:
+            if "error" in row:
+                lines.append(f"| {row['imitate']} | FAILED: {row['error'].strip().splitlines()[-1][:160]} |"
+                             " | | | | | |")
+                continue
+            lines.append(f"| {row['profile']} | {row['compute_dtype'].removeprefix('torch.')} | "
+                         f"{row['peak_allocated_gib']:.2f} | {row['peak_reserved_gib']:.2f} | "
+                         f"{row['plan_without_context_gib']:.2f} | "
+                         f"{row['peak_allocated_gib'] / row['plan_without_context_gib']:.2f} | "
+                         f"{row['seconds_per_step']:.2f} | {row['tokens_per_second']:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="*", help="lesson numbers to run (e.g. 04 08); default: all")
+    parser.add_argument("--skip-notebooks", action="store_true")
+    parser.add_argument("--skip-7b", action="store_true")
+    parser.add_argument("--runner", choices=("kernel", "script"), default=None,
+                        help="default: kernel if nbclient and ipykernel are installed, else script")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per notebook")
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "gpu-check")
+    parser.add_argument("--run-one", type=Path, help=argparse.SUPPRESS)  # internal: one notebook, this process
+    args = parser.parse_args(argv)
+    runner = args.runner or ("kernel" if kernel_available() else "script")
+    if args.run_one:
+        cell, error = (run_with_kernel(args.run_one, args.timeout) if runner == "kernel"
+                       else run_cells(args.run_one.resolve()))
+        print(json.dumps({"cell": cell, "error": error}))
+        return 0 if cell is None and not error else 1
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print(NO_CUDA_MESSAGE, file=sys.stderr)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, COURSE_QUICK="1", MPLBACKEND="Agg", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))
+    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+              "runner": runner, "environment": environment(), "notebooks": [], "memory": []}
+    if not args.skip_notebooks:
+        for path in all_notebooks(args.only):
+            run = run_notebook(path, runner, args.timeout, env)
+            print(f"{run.name:<48} {'pass' if run.passed else 'FAIL'} {run.seconds:6.0f} s", flush=True)
+            report["notebooks"].append(asdict(run))
+    if not args.skip_7b:
+        for imitate, label in MEMORY_RUNS:
+            print(f"7B memory check: {label} ...", flush=True)
+            report["memory"].append(measure_memory(imitate, args.out, env))
+    (args.out / "report.json").write_text(json.dumps(report, indent=1))
+    (args.out / "report.md").write_text(render_markdown(report))
+    print(render_markdown(report))
+    failed = [r for r in report["notebooks"] if not r["passed"]] + [m for m in report["memory"] if "error" in m]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
