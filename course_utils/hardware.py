@@ -201,7 +201,8 @@ def lesson_plan(profile: HardwareProfile) -> list[tuple[str, str]]:
         ("01-03 rank, SVD, LoRA from scratch", f"{profile.kind}, {size}"),
         ("04 LoRA with PEFT", f"SmolLM2-135M, LoRA in {dtype}, {size}"),
         ("05-06 quantization, NF4", "real weights of SmolLM2-135M, bit-exact comparison with bitsandbytes"),
-        ("07 QLoRA mechanics", f"SmolLM2-135M, 4-bit: {four_bit}"),
-        ("08 capstone", capstone),
-        ("09 choosing and serving", "memory planner for 135M to 70B models, adapters on the tiny model"),
+        ("07 QLoRA storage and compute", f"SmolLM2-135M, 4-bit: {four_bit}"),
+        ("08 QLoRA training", f"SmolLM2-135M, QLoRA vs LoRA adapters, {size}"),
+        ("09 capstone", capstone),
+        ("10 choosing and serving", "memory planner for 135M to 70B models, adapters on the tiny model"),
     ]

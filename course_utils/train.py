@@ -525,7 +525,7 @@ def read_train_log(folder: Path) -> dict:
 def course_adapter_settings(profile: HardwareProfile | None = None, task: str = "sql", **changes) -> AdapterSettings:
     """The course's standard adapter: LoRA r=8, alpha=16 on all linear layers.
 
-    Lessons 04, 07, 08 and 09 ask for it by these settings, so it is trained
+    Lessons 04, 08, 09 and 10 ask for it by these settings, so it is trained
     once and then read from the cache. `changes` vary one knob (a rank sweep).
     """
     profile = profile or detect()

@@ -1,0 +1,3 @@
+"""Self-checks of lesson 08: QLoRA training."""
+
+from __future__ import annotations
