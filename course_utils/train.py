@@ -201,12 +201,13 @@ def other_run_error(folder: Path, differences: list[str]) -> ValueError:
 
 
 def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, losses: list[float],
-                    signature: dict) -> None:
+                    signature: dict, validation: list[tuple[int, float]] | None = None) -> None:
     """Trainable weights, optimizer, schedule, step, losses and the run's signature; written atomically."""
     folder.mkdir(parents=True, exist_ok=True)
     state = {"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "step": step, "losses": losses,
-             "torch_rng": torch.get_rng_state(), "signature": json.dumps(signature)}
+             "torch_rng": torch.get_rng_state(), "signature": json.dumps(signature),
+             "validation": json.dumps(validation or [])}
     tmp = folder / (CHECKPOINT_FILE + ".tmp")
     torch.save(state, tmp)
     tmp.replace(folder / CHECKPOINT_FILE)
@@ -224,7 +225,8 @@ def read_checkpoint(path: Path) -> dict:
     return state
 
 
-def load_checkpoint(folder: Path, model, optimizer, scheduler, signature: dict) -> tuple[int, list[float]]:
+def load_checkpoint(folder: Path, model, optimizer, scheduler,
+                    signature: dict) -> tuple[int, list[float], list[tuple[int, float]]]:
     """Restore a run; refuse one with other settings before touching any weight."""
     state = read_checkpoint(folder / CHECKPOINT_FILE)
     differences = signature_differences(json.loads(state["signature"]), signature)
@@ -237,7 +239,7 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, signature: dict) 
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
-    return state["step"], list(state["losses"])
+    return state["step"], list(state["losses"]), [tuple(v) for v in json.loads(state.get("validation", "[]"))]
 
 
 def undo_cpu_inference_packing(model: torch.nn.Module) -> int:
@@ -263,13 +265,16 @@ def undo_cpu_inference_packing(model: torch.nn.Module) -> int:
 
 
 def train(model, tokenizer, examples: Sequence[dict], config: TrainConfig, output_dir: str | Path | None = None,
-          stop_after: int | None = None) -> TrainResult:
+          stop_after: int | None = None, eval_examples: Sequence[dict] | None = None) -> TrainResult:
     """Train the parameters of `model` that require grad on `examples`.
 
     With `output_dir`, a checkpoint is written every `checkpoint_every` steps
     and at the end, and a run finding a checkpoint there resumes from it.
     `stop_after` ends the call early after that many steps (to simulate a
-    disconnect in tests and lessons); re-running then resumes.
+    disconnect in tests and lessons); re-running then resumes. With
+    `eval_examples` and `config.eval_every`, the answer loss on them is
+    recorded at step 0, every `eval_every` steps and at the end (a validation
+    curve, the same yardstick as the Trainer path's).
     """
     set_seed(config.seed)
     device = next(model.parameters()).device
@@ -289,12 +294,19 @@ def train(model, tokenizer, examples: Sequence[dict], config: TrainConfig, outpu
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
     folder = Path(output_dir) if output_dir else None
-    step, losses = 0, []
+    step, losses, validation = 0, [], []
     if folder and (folder / CHECKPOINT_FILE).exists():
-        step, losses = load_checkpoint(folder, model, optimizer, scheduler, signature)
-    result = TrainResult(losses=losses, resumed_from=step)
+        step, losses, validation = load_checkpoint(folder, model, optimizer, scheduler, signature)
+    result = TrainResult(losses=losses, resumed_from=step, validation_losses=validation)
+
+    def record_validation(at: int) -> None:
+        if eval_examples and config.eval_every:
+            validation.append((at, answer_loss(model, tokenizer, eval_examples, max_length=config.max_length)))
+
     if step >= config.steps:
         return result
+    if step == 0:
+        record_validation(0)
     model.train()
     end = config.steps if stop_after is None else min(config.steps, step + stop_after)
     start_time = time.perf_counter()
@@ -315,11 +327,14 @@ def train(model, tokenizer, examples: Sequence[dict], config: TrainConfig, outpu
         losses.append(step_loss)
         bar.set_postfix(loss=f"{step_loss:.3f}")
         done = step + 1
+        if config.eval_every and (done % config.eval_every == 0 or done == config.steps):
+            record_validation(done)
+            model.train()
         if folder and config.checkpoint_every and done % config.checkpoint_every == 0 and done < end:
-            save_checkpoint(folder, model, optimizer, scheduler, done, losses, signature)
+            save_checkpoint(folder, model, optimizer, scheduler, done, losses, signature, validation)
     result.seconds = time.perf_counter() - start_time
     if folder:
-        save_checkpoint(folder, model, optimizer, scheduler, end, losses, signature)
+        save_checkpoint(folder, model, optimizer, scheduler, end, losses, signature, validation)
     model.eval()
     return result
 

@@ -213,3 +213,15 @@ def test_adapter_is_cached_by_its_settings(tmp_path, monkeypatch):
         train_lora_adapter(other)
     with pytest.raises(AssertionError, match="must not be trained"):
         train_lora_adapter(settings, force=True)
+
+
+def test_the_course_loop_records_a_validation_curve(tokenizer, examples):
+    from course_utils.train import answer_loss
+
+    validation = load_examples("sql", "validation", limit=3)
+    model = lora_model()
+    start = answer_loss(model, tokenizer, validation)
+    result = train(model, tokenizer, examples, config(eval_every=2), eval_examples=validation)
+    assert [step for step, _ in result.validation_losses] == [0, 2, 4]
+    assert result.validation_losses[0][1] == pytest.approx(start, rel=1e-6)
+    assert result.validation_losses[-1][1] == pytest.approx(answer_loss(model, tokenizer, validation), rel=1e-6)
