@@ -1,17 +1,24 @@
 """Comparisons that can fail: a difference is claimed only when it exceeds its measured noise.
 
 The course compares training choices (rank, target modules, QLoRA vs LoRA, NF4
-vs FP4, learning rates) on short CPU runs. A single run per choice cannot tell a
-real difference from the luck of one seed or one sample of test questions, so:
+vs FP4, learning rates) on short CPU runs, with the held-out answer loss as
+the yardstick (lower is better). Two things make one run's number noisy:
 
-- `compare_seeds` takes the yardstick (held-out answer loss, lower is better)
-  of each choice over 2-3 seeds. It claims a difference only when the two
-  ranges do not overlap: every seed of one choice beat every seed of the other.
-  Otherwise it says "no difference detected", with the gap and the spread.
-- `paired_accuracy` compares two models' execution accuracy on the *same*
-  questions: only the questions they disagree on carry information, and the
-  standard error of the difference comes from those (a paired comparison),
-  not from one accuracy's binomial error.
+- the training seed (data order, initialisation): two seeds of the *same*
+  recipe can differ by more than two recipes do (lesson 04 measures it);
+- the sample of validation questions the loss is averaged over.
+
+So `compare_runs` takes, for each choice, one run per seed, with the *same*
+seeds for both choices (the same batches in the same order: the seed's own
+luck cancels in the difference), and each run's per-question answer losses on
+the *same* questions. Per seed it computes the difference of the two losses
+and its standard error over the questions. It claims a difference only when,
+for every seed, the same choice wins by more than twice that standard error;
+otherwise it says "no difference detected" and gives the numbers.
+
+`paired_accuracy` does the same for execution accuracy: only the questions two
+models disagree on carry information, and the standard error of the difference
+comes from those, not from one accuracy's binomial error.
 
 Both return objects whose `.sentence()` is what a notebook prints or puts in a
 plot title, so the text states what was measured, never what was hoped.
@@ -25,46 +32,86 @@ from typing import Sequence
 
 
 @dataclass(frozen=True)
-class SeedComparison:
-    """The yardstick of choice A and choice B over seeds (lower is better)."""
+class ExampleLosses:
+    """One model on a fixed list of examples: summed answer-token loss and token count per example."""
+
+    sums: tuple[float, ...]
+    counts: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.sums) != len(self.counts) or not self.sums:
+            raise ValueError(f"need one sum and one count per example, got {len(self.sums)} and {len(self.counts)}.")
+        if not all(math.isfinite(v) for v in self.sums) or min(self.counts) <= 0:
+            raise ValueError("every loss must be finite and every example must have answer tokens.")
+
+    @classmethod
+    def of(cls, sums: Sequence[float], counts: Sequence[int]) -> "ExampleLosses":
+        return cls(tuple(float(v) for v in sums), tuple(int(c) for c in counts))
+
+    @property
+    def mean(self) -> float:
+        """The yardstick: mean loss per answer token."""
+        return sum(self.sums) / sum(self.counts)
+
+
+def loss_difference(a: ExampleLosses, b: ExampleLosses) -> tuple[float, float]:
+    """(mean of b - mean of a, its standard error over the examples), for two models on the same examples.
+
+    The difference of two token-weighted means is a ratio; its standard error
+    is the usual linearisation: the spread of the per-example differences
+    around what the overall difference predicts for each example's tokens.
+    """
+    if a.counts != b.counts:
+        raise ValueError("the two runs must be scored on the same examples (their answer-token counts differ).")
+    tokens = sum(a.counts)
+    per_example = [sb - sa for sa, sb in zip(a.sums, b.sums)]
+    difference = sum(per_example) / tokens
+    residuals = [d - difference * n for d, n in zip(per_example, a.counts)]
+    n = len(per_example)
+    variance = sum(r * r for r in residuals) * n / max(n - 1, 1)
+    return difference, math.sqrt(variance) / tokens
+
+
+@dataclass(frozen=True)
+class RunComparison:
+    """Choice A and choice B, one run per seed each (the same seeds, the same questions)."""
 
     name_a: str
     name_b: str
-    a: tuple[float, ...]
-    b: tuple[float, ...]
+    a: tuple[ExampleLosses, ...]
+    b: tuple[ExampleLosses, ...]
     metric: str = "answer loss"
 
     def __post_init__(self) -> None:
-        if len(self.a) < 2 or len(self.b) < 2:
-            raise ValueError(f"compare at least 2 seeds per choice (got {len(self.a)} and {len(self.b)}): "
-                             "with one run per choice the noise is unknown.")
-        if not all(math.isfinite(v) for v in self.a + self.b):
-            raise ValueError(f"every value must be finite, got {self.a} and {self.b}.")
+        if len(self.a) != len(self.b) or len(self.a) < 2:
+            raise ValueError(f"compare the same seeds for both choices, at least 2 (got {len(self.a)} and "
+                             f"{len(self.b)}): with one run per choice the noise of training is unknown.")
 
     @property
     def mean_a(self) -> float:
-        return sum(self.a) / len(self.a)
+        return sum(run.mean for run in self.a) / len(self.a)
 
     @property
     def mean_b(self) -> float:
-        return sum(self.b) / len(self.b)
+        return sum(run.mean for run in self.b) / len(self.b)
 
     @property
-    def gap(self) -> float:
-        """mean B - mean A: positive when A is lower (better)."""
-        return self.mean_b - self.mean_a
+    def per_seed(self) -> list[tuple[float, float]]:
+        """(B - A, standard error) for each seed."""
+        return [loss_difference(ra, rb) for ra, rb in zip(self.a, self.b)]
 
     @property
-    def spread(self) -> float:
-        """The largest seed-to-seed range within one choice: the noise a difference must beat."""
-        return max(max(self.a) - min(self.a), max(self.b) - min(self.b))
+    def seed_spread(self) -> float:
+        """How far two seeds of the same choice land apart (the largest such gap)."""
+        return max(max(r.mean for r in runs) - min(r.mean for r in runs) for runs in (self.a, self.b))
 
     @property
     def winner(self) -> str | None:
-        """The choice whose every seed beat every seed of the other, or None."""
-        if max(self.a) < min(self.b):
+        """The choice with the lower loss for every seed, each time by more than 2 standard errors; else None."""
+        pairs = self.per_seed
+        if all(d > 2 * se for d, se in pairs):
             return self.name_a
-        if max(self.b) < min(self.a):
+        if all(d < -2 * se for d, se in pairs):
             return self.name_b
         return None
 
@@ -73,19 +120,19 @@ class SeedComparison:
         return self.winner is not None
 
     def sentence(self) -> str:
-        low, high = (self.name_a, self.name_b) if self.gap > 0 else (self.name_b, self.name_a)
-        values = (f"{self.metric} {self.mean_a:.3f} ({self.name_a}) vs {self.mean_b:.3f} ({self.name_b}), "
-                  f"{len(self.a)} and {len(self.b)} seeds")
+        values = (f"{self.metric} {self.mean_a:.3f} ({self.name_a}) vs {self.mean_b:.3f} ({self.name_b}) over "
+                  f"{len(self.a)} seeds")
+        diffs = ", ".join(f"{d:+.3f} ± {2 * se:.3f}" for d, se in self.per_seed)
         if self.detected:
-            return (f"{self.winner} is better: {values}; every seed of {self.winner} beat every seed of the other, "
-                    f"gap {abs(self.gap):.3f} vs seed spread {self.spread:.3f}")
-        return (f"no difference detected between {low} and {high}: {values}; the gap {abs(self.gap):.3f} is within "
-                f"the seed spread {self.spread:.3f}")
+            return (f"{self.winner} is better: {values}; with every seed it wins by more than twice the standard "
+                    f"error over the questions (B - A per seed: {diffs})")
+        return (f"no difference detected between {self.name_a} and {self.name_b}: {values}; B - A per seed "
+                f"{diffs} (± two standard errors over the questions)")
 
 
-def compare_seeds(name_a: str, a: Sequence[float], name_b: str, b: Sequence[float],
-                  metric: str = "answer loss") -> SeedComparison:
-    return SeedComparison(name_a, name_b, tuple(float(v) for v in a), tuple(float(v) for v in b), metric)
+def compare_runs(name_a: str, a: Sequence[ExampleLosses], name_b: str, b: Sequence[ExampleLosses],
+                 metric: str = "answer loss") -> RunComparison:
+    return RunComparison(name_a, name_b, tuple(a), tuple(b), metric)
 
 
 @dataclass(frozen=True)
@@ -110,7 +157,7 @@ class PairedAccuracy:
 
     @property
     def standard_error(self) -> float:
-        """Of the paired difference: sqrt of the discordant share, corrected for the difference, over sqrt(n)."""
+        """Of the paired difference: from the discordant share, corrected for the difference."""
         discordant = (self.only_a + self.only_b) / self.n
         return math.sqrt(max(discordant - self.difference ** 2, 0.0) / self.n)
 

@@ -340,6 +340,34 @@ def train(model, tokenizer, examples: Sequence[dict], config: TrainConfig, outpu
 
 
 @torch.no_grad()
+def answer_token_losses(model, tokenizer, examples: Sequence[dict], batch_size: int = 8,
+                        max_length: int = 256) -> tuple[list[float], list[int]]:
+    """Per example: the summed cross-entropy of its answer tokens, and how many there are.
+
+    The prompt is masked exactly as in training (`training_features`); the EOS
+    counts as an answer token. Per-example values let a comparison of two
+    models on the same examples estimate its own noise (`course_utils.compare`).
+    """
+    if not examples:
+        raise ValueError("answer_loss needs at least one example.")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    sums: list[float] = []
+    counts: list[int] = []
+    features = [training_features(tokenizer, e, max_length) for e in examples]
+    for start in range(0, len(features), batch_size):
+        batch = {k: v.to(device) for k, v in collate(features[start:start + batch_size], tokenizer.pad_token_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        labels = batch["labels"][:, 1:]
+        losses = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1),
+                                                   ignore_index=-100, reduction="none").view(labels.shape)
+        sums += losses.sum(dim=1).tolist()
+        counts += (labels != -100).sum(dim=1).tolist()
+    model.train(was_training)
+    return sums, counts
+
+
 def answer_loss(model, tokenizer, examples: Sequence[dict], batch_size: int = 8, max_length: int = 256) -> float:
     """Mean cross-entropy per answer token on `examples`: the course's main yardstick.
 
@@ -349,22 +377,8 @@ def answer_loss(model, tokenizer, examples: Sequence[dict], batch_size: int = 8,
     costs a fraction of generating and scoring the same examples, and it moves
     smoothly where execution accuracy jumps between 0 and 1 per question.
     """
-    if not examples:
-        raise ValueError("answer_loss needs at least one example.")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total, tokens = 0.0, 0
-    features = [training_features(tokenizer, e, max_length) for e in examples]
-    for start in range(0, len(features), batch_size):
-        batch = {k: v.to(device) for k, v in collate(features[start:start + batch_size], tokenizer.pad_token_id).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-        labels = batch["labels"][:, 1:]
-        total += torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1),
-                                                   ignore_index=-100, reduction="sum").item()
-        tokens += int((labels != -100).sum())
-    model.train(was_training)
-    return total / tokens
+    sums, counts = answer_token_losses(model, tokenizer, examples, batch_size, max_length)
+    return sum(sums) / sum(counts)
 
 
 def generation_batch_size(device: torch.device) -> int:
@@ -488,7 +502,7 @@ def adapter_dir(settings: AdapterSettings) -> Path:
 
 
 VALIDATION_EXAMPLES = 24  # validation examples whose answer loss a cached adapter records while it trains
-VALIDATION_POINTS = 6  # how many times per run it records it
+VALIDATION_POINTS = 4  # how many times per run it records it (plus once before the first step)
 
 
 def train_lora_adapter(settings: AdapterSettings, profile: HardwareProfile | None = None,
@@ -547,6 +561,45 @@ def course_adapter_settings(profile: HardwareProfile | None = None, task: str = 
     base = AdapterSettings(task=task, r=8, lora_alpha=16, targets="all-linear",
                            steps=profile.pick(cpu=30, gpu=300), batch_size=8, learning_rate=1e-3, seed=0)
     return replace(base, **changes)
+
+
+SEEDS = (0, 1)  # every comparison trains each choice with these seeds (the same ones for every choice)
+YARDSTICK_EXAMPLES = 48  # validation questions in a comparison's answer loss (on a GPU: the whole split)
+
+
+def experiment_settings(profile: HardwareProfile | None = None, task: str = "sql", **changes) -> AdapterSettings:
+    """The budget every comparison of the course trains with: rank, targets, QLoRA vs LoRA, learning rate...
+
+    The standard adapter's settings with a short CPU run (12 steps of 4
+    examples; on a GPU the full standard budget). Lessons 04, 08 and 10 ask for
+    the same settings, so each adapter is trained once and read from the cache.
+    """
+    profile = profile or detect()
+    return course_adapter_settings(profile, task, **(profile.pick(cpu=dict(steps=12, batch_size=4), gpu={}) | changes))
+
+
+def adapter_example_losses(settings: AdapterSettings, split: str = "validation", n: int | None = YARDSTICK_EXAMPLES,
+                           profile: HardwareProfile | None = None, model=None):
+    """The yardstick of a cached adapter, per question: `ExampleLosses` on `n` evenly spaced examples; cached.
+
+    Compare two adapters with `course_utils.compare.compare_runs`, which
+    estimates the noise from these per-question values and from the seeds.
+    """
+    from .compare import ExampleLosses
+    from .data import evenly_spaced
+    from .models import TINY_MODEL_ID, load_tokenizer
+
+    profile = profile or detect()
+    n = profile.pick(cpu=n, gpu=None)
+    folder = train_lora_adapter(settings, profile)
+    cached = folder / f"losses-{split}-{n or 'all'}.json"
+    if cached.exists():
+        return ExampleLosses.of(*json.loads(cached.read_text()))
+    examples = evenly_spaced(load_examples(settings.task, split), n)
+    model = model if model is not None else load_adapted_model(settings, profile)
+    sums, counts = answer_token_losses(model, load_tokenizer(settings.model_id or TINY_MODEL_ID), examples)
+    cached.write_text(json.dumps([sums, counts]))
+    return ExampleLosses.of(sums, counts)
 
 
 def load_adapted_model(settings: AdapterSettings, profile: HardwareProfile | None = None, base=None):

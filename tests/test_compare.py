@@ -2,27 +2,49 @@
 
 import pytest
 
-from course_utils.compare import compare_seeds, paired_accuracy
+from course_utils.compare import ExampleLosses, compare_runs, paired_accuracy
 from course_utils.evaluate import EvalReport, ScoredExample
 
 
-def test_non_overlapping_seeds_are_a_detected_difference():
-    c = compare_seeds("r=8", [0.41, 0.43], "r=1", [0.52, 0.50])
-    assert c.detected and c.winner == "r=8" and c.gap == pytest.approx(0.09)
-    assert c.spread == pytest.approx(0.02)
-    assert c.sentence().startswith("r=8 is better") and "every seed of r=8" in c.sentence()
+def runs(losses_per_example, count=10):
+    return ExampleLosses.of([v * count for v in losses_per_example], [count] * len(losses_per_example))
 
 
-def test_overlapping_seeds_are_no_difference_detected():
-    c = compare_seeds("QLoRA", [0.45, 0.40], "LoRA", [0.42, 0.44])
-    assert not c.detected and c.winner is None
-    assert c.sentence().startswith("no difference detected") and "within the seed spread" in c.sentence()
+def test_a_choice_that_wins_with_every_seed_beyond_its_noise_is_detected():
+    questions = [0.4, 0.6, 0.5, 0.45, 0.55, 0.5, 0.42, 0.58]
+    # seed 1 is luckier for both choices: the seed's luck is larger than the choices' gap, and cancels
+    a = [runs(questions), runs([q - 0.1 for q in questions])]
+    b = [runs([q + 0.05 for q in questions]), runs([q - 0.05 for q in questions])]
+    c = compare_runs("r=8", a, "r=1", b)
+    assert c.winner == "r=8" and c.detected
+    assert c.seed_spread == pytest.approx(0.1)  # two seeds of one choice are further apart than the choices
+    assert [d for d, _ in c.per_seed] == pytest.approx([0.05, 0.05])
+    assert c.sentence().startswith("r=8 is better")
 
 
-@pytest.mark.parametrize("a, b", [([0.4], [0.5, 0.6]), ([0.4, float("nan")], [0.5, 0.6])])
-def test_one_seed_or_nan_is_refused(a, b):
-    with pytest.raises(ValueError):
-        compare_seeds("a", a, "b", b)
+def test_differences_within_their_noise_are_not_claimed():
+    base = [0.4, 0.6, 0.5, 0.45, 0.55, 0.5, 0.42, 0.58]
+    wobble = [0.03, -0.03, 0.02, -0.02, 0.03, -0.03, 0.01, -0.01]
+    a = [runs(base), runs(base)]
+    b = [runs([q + w + 0.002 for q, w in zip(base, wobble)]), runs([q - w - 0.002 for q, w in zip(base, wobble)])]
+    c = compare_runs("QLoRA", a, "LoRA", b)
+    assert not c.detected and c.sentence().startswith("no difference detected")
+
+
+def test_a_win_with_only_one_seed_is_not_claimed():
+    base = [0.4, 0.6, 0.5, 0.45, 0.55, 0.5, 0.42, 0.58]
+    a = [runs(base), runs(base)]
+    b = [runs([q + 0.1 for q in base]), runs([q - 0.1 for q in base])]  # B wins one seed, loses the other
+    assert compare_runs("a", a, "b", b).winner is None
+
+
+def test_one_seed_or_different_questions_are_refused():
+    with pytest.raises(ValueError, match="at least 2"):
+        compare_runs("a", [runs([0.5, 0.4])], "b", [runs([0.5, 0.4])])
+    with pytest.raises(ValueError, match="same examples"):
+        compare_runs("a", [runs([0.5]), runs([0.5])], "b", [runs([0.5], count=3), runs([0.5], count=3)]).per_seed
+    with pytest.raises(ValueError, match="finite"):
+        ExampleLosses.of([float("nan")], [3])
 
 
 def report(correct):
