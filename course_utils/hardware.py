@@ -72,6 +72,14 @@ class HardwareProfile:
         return self.summary()
 
 
+# Example GPUs for planning without one. memory_gib is what PyTorch reports as
+# total memory (a "16 GB" T4 shows 14.7 GiB; a "40 GB" A100 39.4 GiB).
+T4 = HardwareProfile("cuda", "Tesla T4 (example)", 14.74, (7, 5), native_bf16=False)
+A100_40GB = HardwareProfile("cuda", "A100-SXM4-40GB (example)", 39.39, (8, 0), native_bf16=True)
+A100_80GB = HardwareProfile("cuda", "A100-SXM4-80GB (example)", 79.15, (8, 0), native_bf16=True)
+EXAMPLE_PROFILES = {"t4": T4, "a100-40gb": A100_40GB, "a100-80gb": A100_80GB}
+
+
 def choose_compute_dtype(profile: HardwareProfile) -> torch.dtype:
     """fp32 on CPU/MPS, bf16 on GPUs with native bf16 (Ampere+), else fp16."""
     if profile.kind != "cuda":
