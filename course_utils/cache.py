@@ -11,8 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one notebook at a time is then the rule
+    fcntl = None
 
 CACHE_ENV = "COURSE_CACHE_DIR"
 
@@ -29,3 +35,29 @@ def settings_key(settings: dict[str, Any]) -> str:
     """A short, stable hash of a settings dict (order of keys does not matter)."""
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold a lock next to `path` while computing it, so two notebooks never train the same adapter at once.
+
+    The second one waits, then finds the finished result in the cache (CI runs
+    two notebooks side by side). An advisory lock: it guards only code that asks for it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a cache file so that a reader never sees half of it (write aside, then rename)."""
+    partial = path.with_name(path.name + f".{os.getpid()}.partial")
+    partial.write_text(text)
+    partial.replace(path)
+

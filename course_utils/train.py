@@ -33,7 +33,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .cache import cache_dir, settings_key
+from .cache import cache_dir, exclusive, settings_key, write_text_atomic
 from .data import load_examples, prompt_text, training_features
 from .evaluate import EvalReport, score_task
 from .hardware import HardwareProfile, detect
@@ -515,18 +515,22 @@ def train_lora_adapter(settings: AdapterSettings, profile: HardwareProfile | Non
     validation answer loss at a few points, time, tokens/s). An interrupted
     training resumes from its checkpoint; a finished one is reused unless `force=True`.
     """
+    folder = adapter_dir(settings)
+    with exclusive(folder):
+        if force and folder.exists():
+            shutil.rmtree(folder)
+        if not (folder / "adapter_model.safetensors").exists():
+            _train_adapter_into(folder, settings, profile or detect())
+    return folder
+
+
+def _train_adapter_into(folder: Path, settings: AdapterSettings, profile: HardwareProfile) -> None:
     from peft import get_peft_model
 
     from .data import evenly_spaced
     from .models import TINY_MODEL_ID, load_tokenizer
     from .trainer import prepare_for_training, train_with_trainer
 
-    folder = adapter_dir(settings)
-    if force and folder.exists():
-        shutil.rmtree(folder)
-    if (folder / "adapter_model.safetensors").exists():
-        return folder
-    profile = profile or detect()
     tokenizer = load_tokenizer(settings.model_id or TINY_MODEL_ID)
     model = load_base_for(settings, profile)
     prepare_for_training(model, profile)
@@ -538,13 +542,12 @@ def train_lora_adapter(settings: AdapterSettings, profile: HardwareProfile | Non
                                    eval_every=max(1, settings.steps // VALIDATION_POINTS))
     result = train_with_trainer(model, tokenizer, examples, config, output_dir=folder / "checkpoint",
                                 eval_examples=validation, profile=profile)
-    model.save_pretrained(folder)
     log = {"settings": asdict(settings), "losses": result.losses, "validation_losses": result.validation_losses,
            "seconds": result.seconds, "tokens_per_second": result.tokens_per_second,
            "resumed_from": result.resumed_from, "device": profile.kind}
     (folder / "train_log.json").write_text(json.dumps(log, indent=1))
+    model.save_pretrained(folder)  # last: the adapter file marks a finished run
     shutil.rmtree(folder / "checkpoint", ignore_errors=True)
-    return folder
 
 
 def read_train_log(folder: Path) -> dict:
@@ -598,7 +601,7 @@ def adapter_example_losses(settings: AdapterSettings, split: str = "validation",
     examples = evenly_spaced(load_examples(settings.task, split), n)
     model = model if model is not None else load_adapted_model(settings, profile)
     sums, counts = answer_token_losses(model, load_tokenizer(settings.model_id or TINY_MODEL_ID), examples)
-    cached.write_text(json.dumps([sums, counts]))
+    write_text_atomic(cached, json.dumps([sums, counts]))
     return ExampleLosses.of(sums, counts)
 
 
@@ -630,5 +633,127 @@ def adapter_report(settings: AdapterSettings, split: str = "test", n: int | None
     model = model if model is not None else load_adapted_model(settings, profile)
     tokenizer = tokenizer or load_tokenizer(settings.model_id or TINY_MODEL_ID)
     report = evaluate_model(model, tokenizer, examples)
-    cached.write_text(json.dumps([asdict(r) for r in report.results]))
+    write_text_atomic(cached, json.dumps([asdict(r) for r in report.results]))
     return report
+
+
+# ---------------------------------------------------------------------------
+# Cached full fine-tune of q_proj and v_proj (lesson 02 takes the SVD of its update;
+# lesson 10 compares it with LoRA at equal steps)
+# ---------------------------------------------------------------------------
+
+FULL_FINETUNE_FILE = "delta_w.safetensors"  # ΔW = W_after - W_before per trained matrix; written last
+
+
+def full_finetune_settings(profile: HardwareProfile | None = None, **changes) -> dict:
+    """The course's full fine-tune: every q_proj and v_proj matrix trainable, AdamW at lr 1e-5.
+
+    The weights stay fp32 on every device: a full fine-tune moves each weight
+    by about the learning rate per step, and in bf16 such a step rounds away
+    (lesson 02 shows it). On a CPU 30 steps of 8 examples, on a GPU 100.
+    `changes` vary one knob (steps, seed, ...); the settings name the cache folder.
+    """
+    from .models import TINY_MODEL_ID
+
+    profile = profile or detect()
+    settings = dict(model=TINY_MODEL_ID, task="sql", targets=["q_proj", "v_proj"],
+                    steps=profile.pick(cpu=30, gpu=100), batch_size=8, learning_rate=1e-5, seed=0,
+                    device=profile.kind)
+    unknown = sorted(set(changes) - set(settings))
+    if unknown:
+        raise ValueError(f"Unknown full fine-tune setting(s) {unknown}; choose from {sorted(settings)}.")
+    return settings | changes
+
+
+def full_finetune_config(settings: dict) -> TrainConfig:
+    """The course loop's settings for a full fine-tune, with the cached adapters' validation points.
+
+    The validation answer loss is recorded every `steps // VALIDATION_POINTS`
+    steps (and before the first step and after the last), as `train_lora_adapter`
+    records it, so full fine-tuning and LoRA can be compared step for step.
+    """
+    return TrainConfig(steps=settings["steps"], batch_size=settings["batch_size"],
+                       learning_rate=settings["learning_rate"], seed=settings["seed"],
+                       eval_every=max(1, settings["steps"] // VALIDATION_POINTS))
+
+
+def mark_full_finetune_trainable(model: torch.nn.Module, targets: Sequence[str]) -> dict[str, torch.nn.Parameter]:
+    """Freeze everything but the weights of the modules named in `targets`; return those, by name."""
+    suffixes = tuple(f"{t}.weight" for t in targets)
+    for name, p in model.named_parameters():
+        p.requires_grad = name.endswith(suffixes)
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if not trainable:
+        raise ValueError(f"No weight of the model ends in {list(suffixes)}; check the target names "
+                         "(the course's models call them q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj).")
+    return trainable
+
+
+def full_finetune_dir(settings: dict) -> Path:
+    """The cache folder of a full fine-tune: named by its settings and the training data it saw."""
+    from .data import data_path
+
+    train_file = data_path(settings["task"], "train")
+    key = settings_key(settings | {"train_data": hashlib.sha256(train_file.read_bytes()).hexdigest()})
+    return cache_dir("full_finetune") / f"{settings['task']}-{key}"
+
+
+def train_full_finetune(settings: dict, profile: HardwareProfile | None = None, force: bool = False) -> Path:
+    """Train (or reuse) the full fine-tune of `settings` with the course loop; return its folder.
+
+    The folder holds `delta_w.safetensors` (ΔW per trained matrix, fp32) and
+    `train_log.json`: "losses" (training loss per step), "validation_losses"
+    [(step, answer loss)] on the same validation examples and at the same
+    steps as the cached adapters record theirs, "seconds", "tokens_per_second",
+    "settings" and "config". A finished run is reused unless `force=True`.
+    """
+    from safetensors.torch import save_file
+
+    from .data import evenly_spaced
+    from .models import load_model, load_tokenizer
+
+    folder = full_finetune_dir(settings)
+    if force and folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / FULL_FINETUNE_FILE).exists():
+        return folder
+    profile = profile or detect()
+    tokenizer = load_tokenizer(settings["model"])
+    model = load_model(settings["model"], dtype=torch.float32, profile=profile)
+    trainable = mark_full_finetune_trainable(model, settings["targets"])
+    before = {name: p.detach().clone() for name, p in trainable.items()}
+    config = full_finetune_config(settings)
+    validation = evenly_spaced(load_examples(settings["task"], "validation"), VALIDATION_EXAMPLES)
+    result = train(model, tokenizer, load_examples(settings["task"], "train"), config, eval_examples=validation)
+    delta_w = {name: (p.detach() - before[name]).cpu().contiguous() for name, p in trainable.items()}
+    log = {"settings": settings, "config": asdict(config), "losses": result.losses,
+           "validation_losses": result.validation_losses, "seconds": result.seconds,
+           "tokens_per_second": result.tokens_per_second, "device": profile.kind}
+    (folder / "train_log.json").write_text(json.dumps(log, indent=1))
+    save_file(delta_w, folder / FULL_FINETUNE_FILE)  # written last: its presence marks a complete run
+    return folder
+
+
+def read_delta_w(folder: Path) -> dict[str, torch.Tensor]:
+    """ΔW per trained matrix of a cached full fine-tune (fp32, on the CPU)."""
+    from safetensors.torch import load_file
+
+    return load_file(Path(folder) / FULL_FINETUNE_FILE)
+
+
+def load_full_finetune(settings: dict, profile: HardwareProfile | None = None, model=None):
+    """The base model with the (cached, trained on demand) full fine-tune's ΔW added, in eval mode."""
+    from .models import load_model
+
+    delta_w = read_delta_w(train_full_finetune(settings, profile))
+    model = model if model is not None else load_model(settings["model"], dtype=torch.float32, profile=profile)
+    params = dict(model.named_parameters())
+    missing = sorted(set(delta_w) - set(params))
+    if missing:
+        raise ValueError(f"The model has no parameter {missing[0]} (of {len(missing)} in ΔW): "
+                         "pass the base model the fine-tune started from.")
+    with torch.no_grad():
+        for name, delta in delta_w.items():
+            params[name] += delta.to(params[name].device, params[name].dtype)
+    return model.eval()

@@ -225,3 +225,30 @@ def test_the_course_loop_records_a_validation_curve(tokenizer, examples):
     assert [step for step, _ in result.validation_losses] == [0, 2, 4]
     assert result.validation_losses[0][1] == pytest.approx(start, rel=1e-6)
     assert result.validation_losses[-1][1] == pytest.approx(answer_loss(model, tokenizer, validation), rel=1e-6)
+
+
+def test_two_processes_asking_for_one_adapter_train_it_once(tmp_path):
+    """CI runs two notebooks side by side: the second waits for the first's adapter instead of training it too."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import json, sys, time
+        from course_utils import train, trainer
+        from course_utils.train import AdapterSettings, train_lora_adapter
+        train.VALIDATION_EXAMPLES = 2  # the curve is not under test here
+        real, calls = trainer.train_with_trainer, []
+        def counted(*args, **kwargs):
+            calls.append(time.time())
+            time.sleep(2)  # long enough for the other process to arrive while this one trains
+            return real(*args, **kwargs)
+        trainer.train_with_trainer = counted
+        train_lora_adapter(AdapterSettings(r=1, targets="qv", steps=1, batch_size=2))
+        print(json.dumps(len(calls)))
+    """)
+    env = dict(__import__("os").environ, COURSE_CACHE_DIR=str(tmp_path), OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    trained = [int(p.communicate(timeout=600)[0].strip().splitlines()[-1]) for p in procs]
+    assert sorted(trained) == [0, 1]
