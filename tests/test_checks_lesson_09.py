@@ -59,3 +59,19 @@ def test_adapter_params():
     assert "bytes" in checks.check_config_adapter_params(4 * right, config, 16).message
     assert checks.check_config_adapter_params(right + 1, config, 16).status == WRONG
     assert checks.check_config_adapter_params("forty million", config, 16).status == WRONG
+
+
+def test_learning_rate_experiment_judges_the_run_and_the_prediction():
+    from course_utils.train import TrainResult
+
+    reference = TrainResult(losses=[1.8, 1.6, 1.6, 0.8, 0.8, 0.7])
+    blown_up = TrainResult(losses=[1.8, 1.6, 1.3, 2.4, 2.6, 3.3])
+    assert checks.check_learning_rate_experiment(..., ..., reference, 1e-2).status == NOT_ATTEMPTED
+    assert checks.check_learning_rate_experiment("higher", blown_up, reference, 1e-2).correct
+    wrong = checks.check_learning_rate_experiment("lower", blown_up, reference, 1e-2)
+    assert wrong.status == WRONG and "overshoot" in wrong.message
+    same = checks.check_learning_rate_experiment("higher", reference, reference, 1e-2)
+    assert same.status == WRONG and "change the learning rate" in same.message
+    other_start = TrainResult(losses=[1.9, 1.6, 1.3, 2.4, 2.6, 3.3])
+    assert "fresh_start" in checks.check_learning_rate_experiment("higher", other_start, reference, 1e-2).message
+    assert "set `observed`" in checks.check_learning_rate_experiment("higher", ..., reference, 1e-2).message

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .core import Feedback, _as_count, run_check
+from .core import Feedback, _as_count, is_placeholder, run_check
 
 
 def check_fitting_change(answer: Any, plan: Any, profile: Any, options: dict) -> Feedback:
@@ -97,3 +97,45 @@ def check_config_adapter_params(answer: Any, config: Any, rank: int = 16) -> Fee
 
     return run_check("adapter parameters", answer, find_problem,
                      success=f"correct: {expected:,} parameters, {4 * expected / 2**20:.0f} MiB in fp32.")
+
+
+def check_learning_rate_experiment(prediction: Any, observed: Any, reference: Any, new_rate: float) -> Feedback:
+    """Lesson 09, experiment: the resume demo's run again at `new_rate`: is its late loss lower or higher?
+
+    `observed` and `reference` are TrainResults of the same demo run (same batches, same start) at the new
+    and the original learning rate; the late loss is the mean of the last two steps.
+    """
+    def late(result: Any) -> float:
+        return sum(result.losses[-2:]) / 2
+
+    def find_problem(pair):
+        guess, run = pair
+        if is_placeholder(run) or not hasattr(run, "losses"):
+            return "set `observed` to the TrainResult that train_with_trainer returns for the run at the new rate."
+        if len(run.losses) != len(reference.losses):
+            return (f"the run has {len(run.losses)} steps, the demo {len(reference.losses)}: train the same "
+                    "demo_config with only the learning rate changed.")
+        if run.losses == reference.losses:
+            return "these are the demo's own losses: did you change the learning rate (replace(demo_config, ...))?"
+        if run.losses[0] != reference.losses[0]:
+            return ("the first step's loss differs from the demo's, so the run did not start where the demo did: "
+                    "call fresh_start() (or rebuild the model with torch.manual_seed(0)) before training.")
+        actual = "lower" if late(run) < late(reference) else "higher"
+        if str(guess).strip().lower() not in ("lower", "higher"):
+            return 'predict "lower" or "higher".'
+        if str(guess).strip().lower() != actual:
+            return (f"you predicted {guess!r}, but the late loss went from {late(reference):.3f} (demo) to "
+                    f"{late(run):.3f}: {actual}. " + (
+                        "A larger step moves faster down a smooth slope: on this easy start the adapter simply "
+                        "learns more per step." if actual == "lower" else
+                        "Adam moves every weight by about the learning rate per step, so 10x the rate is 10x "
+                        "the step: the updates overshoot and the loss stops falling (or rises)."))
+        return None
+
+    answer = ... if is_placeholder(prediction) else (prediction, observed)
+    success = "correct."
+    if hasattr(observed, "losses") and observed.losses:
+        success = (f"correct: at learning rate {new_rate:g} the late loss is "
+                   f"{'lower' if late(observed) < late(reference) else 'higher'} than the demo's "
+                   f"({late(observed):.3f} vs {late(reference):.3f}).")
+    return run_check("learning-rate experiment", answer, find_problem, success=success)
