@@ -22,12 +22,10 @@ run on a rented GPU needs, and nothing else:
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -333,6 +331,15 @@ def train_with_trainer(model, tokenizer, examples: Sequence[dict], config: Train
     resumed_from = int(checkpoints[-1].name.split("-")[-1]) if checkpoints else 0
     tokens_before = json.loads((checkpoints[-1] / "trainer_state.json").read_text()).get(
         "num_input_tokens_seen", 0) if checkpoints else 0
+    if checkpoints and resumed_from >= config.steps:
+        # Finished already: load the last checkpoint and return its log. (Trainer.train would run one
+        # step past max_steps when the run ended inside an epoch, and write a checkpoint for it.)
+        trainer._load_from_checkpoint(str(checkpoints[-1]))
+        history = json.loads((checkpoints[-1] / "trainer_state.json").read_text())["log_history"]
+        losses, validation = losses_from_history(history)
+        model.eval()
+        return TrainResult(losses=losses[:config.steps], seconds=0.0, tokens=0, resumed_from=resumed_from,
+                           validation_losses=validation)
     start = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)

@@ -74,6 +74,18 @@ def test_resume_after_disconnect_equals_uninterrupted_run(tmp_path, tokenizer, e
     assert all(torch.equal(trainable_state(finished)[n], got[n]) for n in got)
 
 
+def test_a_finished_run_that_ended_inside_an_epoch_is_not_trained_further(tmp_path, tokenizer):
+    many = load_examples("sql", "train", limit=4 * STEPS)  # two epochs' worth: the run ends mid-epoch
+    first_model = lora_model()
+    first = train_with_trainer(first_model, tokenizer, many, config(), output_dir=tmp_path)
+    again_model = lora_model(seed=7)
+    again = train_with_trainer(again_model, tokenizer, many, config(), output_dir=tmp_path)
+    assert again.resumed_from == STEPS and again.losses == first.losses and again.tokens == 0
+    assert [p.name for p in checkpoints_in(tmp_path)][-1] == f"checkpoint-{STEPS}"  # no step past the end
+    trained, loaded = trainable_state(first_model), trainable_state(again_model)
+    assert all(torch.equal(trained[n], loaded[n]) for n in trained)
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(config=dict(learning_rate=2e-3)), "learning_rate"),
     (dict(model=dict(r=4)), "trainable parameters"),  # rank 2 checkpoint, rank 4 model
