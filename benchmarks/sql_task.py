@@ -1,68 +1,230 @@
-"""Calibrate the text-to-SQL task: base model vs a LoRA adapter, by group.
+"""Calibrate the text-to-SQL task: base model vs LoRA adapters, by group, with noise.
 
-    HF_HUB_OFFLINE=1 python benchmarks/sql_task.py [--steps 30] [--n 240]
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/sql_task.py --steps 80     # the calibration run
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/sql_task.py                # the lessons' adapter
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/sql_task.py --steps 30 80  # both, and their difference
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/sql_task.py --formats      # prompt formats: tokens, s/step
 
-Prints a markdown table (paste it into data/README.md). The task is meant to
-sit where later lessons can show differences: the base model near 0%, a LoRA
-adapter trained a few minutes on a CPU well above 60% overall and clearly
-below 100% on held-out templates and databases. Not a test: it takes minutes.
+Prints markdown tables (paste them into data/README.md): accuracy overall and
+per group with its binomial standard error, the paired difference between
+models on the same questions, and the hand-written transfer check
+(data/transfer/). The task should sit where later lessons can show
+differences: the base model near 0%, a LoRA adapter trained a few CPU minutes
+well above half overall and clearly below 100% on the held-out groups. Not a
+test: it takes minutes. Trained adapters and their reports are cached in the
+course cache, and so is the base model's report, keyed by the data it scored.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import math
+import random
+import statistics
 import time
+from dataclasses import asdict
 
-from course_utils.data import evenly_spaced, load_examples
+from course_utils.cache import cache_dir
+from course_utils.data import (GROUPS, SCHEMA_STYLES, evenly_spaced, load_examples, load_transfer_examples,
+                               schema_text, training_features)
+from course_utils.evaluate import EvalReport, ScoredExample
 from course_utils.hardware import detect
 from course_utils.models import load_model, load_tokenizer
-from course_utils.train import adapter_report, course_adapter_settings, evaluate_model, read_train_log, \
-    train_lora_adapter
-
-GROUPS = ("seen", "heldout_template", "heldout_database")
+from course_utils.train import (adapter_report, course_adapter_settings, evaluate_model, load_adapted_model,
+                                read_train_log, train_lora_adapter)
 
 
-def row(name: str, report, extra: str = "") -> str:
-    groups = report.by_group()
-    cells = " | ".join(f"{groups.get(g, float('nan')):.1%}" for g in GROUPS)
-    return f"| {name} | {report.accuracy:.1%} | {cells} | {extra} |"
+def binomial_se(p: float, n: int) -> float:
+    return math.sqrt(p * (1 - p) / n) if n else float("nan")
+
+
+def paired_difference(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean of b - a over the same questions, and its standard error (from the per-question differences)."""
+    d = [y - x for x, y in zip(a, b)]
+    return statistics.fmean(d), statistics.stdev(d) / math.sqrt(len(d))
+
+
+def group_scores(report: EvalReport) -> dict[str, list[float]]:
+    groups: dict[str, list[float]] = {}
+    for r in report.results:
+        groups.setdefault(r.group, []).append(r.score)
+    return groups
+
+
+def cell(scores: list[float]) -> str:
+    if not scores:
+        return "-"
+    p = statistics.fmean(scores)
+    return f"{p:.1%} ± {binomial_se(p, len(scores)):.1%}"
+
+
+def table_row(name: str, report: EvalReport, transfer: EvalReport, notes: str = "") -> str:
+    groups = group_scores(report)
+    cells = " | ".join(cell(groups.get(g, [])) for g in GROUPS)
+    return (f"| {name} | {cell([r.score for r in report.results])} | {cells} | "
+            f"{cell([r.score for r in transfer.results])} | {notes} |")
+
+
+def cached_base_report(model_loader, tokenizer, examples: list[dict], name: str) -> EvalReport:
+    """The base model's report on `examples`, cached by their content (base generation is the slow part)."""
+    key = hashlib.sha256(json.dumps(examples, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir("benchmarks") / f"base-{name}-{key}.json"
+    if path.exists():
+        return EvalReport([ScoredExample(**row) for row in json.loads(path.read_text())])
+    report = evaluate_model(model_loader(), tokenizer, examples)
+    path.write_text(json.dumps([asdict(r) for r in report.results]))
+    return report
+
+
+def adapter_transfer_report(settings, profile, tokenizer, examples: list[dict]) -> EvalReport:
+    folder = train_lora_adapter(settings, profile)
+    key = hashlib.sha256(json.dumps(examples, sort_keys=True).encode()).hexdigest()[:16]
+    path = folder / f"report-transfer-{key}.json"
+    if path.exists():
+        return EvalReport([ScoredExample(**row) for row in json.loads(path.read_text())])
+    report = evaluate_model(load_adapted_model(settings, profile), tokenizer, examples)
+    path.write_text(json.dumps([asdict(r) for r in report.results]))
+    return report
+
+
+def calibrate(steps: list[int | None], n: int | None, skip_base: bool = False) -> None:
+    profile = detect()
+    print(profile)
+    examples = evenly_spaced(load_examples("sql", "test"), n)
+    transfer = load_transfer_examples()
+    tokenizer = load_tokenizer()
+    start = time.perf_counter()
+    if skip_base:  # while iterating on the data: every answer counted wrong, nothing generated
+        base = EvalReport([ScoredExample(e["id"], False, 0.0, "skipped", "", e["group"]) for e in examples])
+        base_transfer = EvalReport([ScoredExample(e["id"], False, 0.0, "skipped", "", e["group"]) for e in transfer])
+    else:
+        base = cached_base_report(load_model, tokenizer, examples, "test")
+        base_transfer = cached_base_report(load_model, tokenizer, transfer, "transfer")
+    base_seconds = time.perf_counter() - start
+
+    rows = [table_row("base SmolLM2-135M-Instruct", base, base_transfer, f"eval {base_seconds:.0f} s (0 if cached)")]
+    reports = {"base": base}
+    settings = None
+    for step_count in steps:
+        settings = course_adapter_settings(profile) if step_count is None else course_adapter_settings(
+            profile, steps=step_count)
+        log = read_train_log(train_lora_adapter(settings, profile))
+        report = adapter_report(settings, "test", n, profile)
+        transfer_report = adapter_transfer_report(settings, profile, tokenizer, transfer)
+        name = f"LoRA, {settings.steps} steps"
+        reports[name] = report
+        rows.append(table_row(name, report, transfer_report,
+                              f"train {log['seconds']:.0f} s ({log['seconds'] / settings.steps:.1f} s/step), "
+                              f"{log['tokens_per_second']:.0f} tok/s, final loss {log['losses'][-1]:.3f}"))
+        print(f"\n{name}: accuracy per template (test)")
+        by_template: dict[str, list[float]] = {}
+        for result, example in zip(report.results, examples):
+            by_template.setdefault(f"{example['group']}/{example['template']}", []).append(result.score)
+        for key, scores in sorted(by_template.items()):
+            print(f"  {key:<36} {statistics.fmean(scores):6.1%}  (n={len(scores)})")
+        by_db: dict[str, list[float]] = {}
+        for result, example in zip(report.results, examples):
+            if example["group"] == "heldout_database":
+                by_db.setdefault(example["db_id"], []).append(result.score)
+        print("  held-out databases:", ", ".join(f"{k} {statistics.fmean(v):.0%} (n={len(v)})"
+                                                  for k, v in sorted(by_db.items())))
+        print("  transfer:", ", ".join(f"{e['template']} {'ok' if r.correct else 'no'}"
+                                       for r, e in zip(transfer_report.results, transfer)))
+        print("  failure reasons:", dict(report.reasons()))
+
+    print(f"\nSQL test split, {len(examples)} examples ({', '.join(f'{g} {len(s)}' for g, s in group_scores(base).items())}"
+          f"), transfer check {len(transfer)} questions; {profile.kind} ({profile.name}); LoRA r={settings.r}, "
+          f"alpha={settings.lora_alpha}, {settings.targets}, batch {settings.batch_size}, lr {settings.learning_rate}. "
+          "Cells: accuracy ± binomial standard error.\n")
+    print("| model | overall | seen | held-out template | held-out database | transfer (hand-written) | notes |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+    print("\nPaired differences on the same questions (points, ± standard error of the mean difference):\n")
+    print("| comparison | overall | " + " | ".join(GROUPS) + " |")
+    print("|---|---|" + "---|" * len(GROUPS))
+    names = list(reports)
+    pairs = [("base", name) for name in names[1:]] + list(zip(names[1:], names[2:]))
+    for a, b in pairs:
+        ga, gb = group_scores(reports[a]), group_scores(reports[b])
+        diffs = [paired_difference([r.score for r in reports[a].results], [r.score for r in reports[b].results])]
+        diffs += [paired_difference(ga[g], gb[g]) for g in GROUPS]
+        print(f"| {b} - {a} | " + " | ".join(f"{100 * m:+.1f} ± {100 * se:.1f}" for m, se in diffs) + " |")
+    print("\nfailure reasons (base):", dict(base.reasons()))
+
+
+def measure_formats(steps: int, batch_size: int) -> None:
+    """Tokens per training example for each schema format, and CPU seconds per LoRA training step.
+
+    The steps run interleaved (format A, B, C, A, B, C, ...) on the same
+    examples, so load from other processes falls on every format alike.
+    """
+    import torch
+    from peft import get_peft_model
+
+    from course_utils.train import lora_config
+
+    profile = detect()
+    tokenizer = load_tokenizer()
+    train = load_examples("sql", "train")
+    print(f"{profile.kind} ({profile.name}), torch threads {torch.get_num_threads()}")
+    lengths: dict[str, list[int]] = {}
+    for style in SCHEMA_STYLES:
+        lengths[style] = [len(training_features(tokenizer, e | {"schema": schema_text(e["db_id"], style)})["input_ids"])
+                          for e in train]
+    rng = random.Random(0)
+    batches = [rng.sample(range(len(train)), batch_size) for _ in range(steps + 1)]
+    model = get_peft_model(load_model(), lora_config(course_adapter_settings(profile)))
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    seconds: dict[str, list[float]] = {style: [] for style in SCHEMA_STYLES}
+    padded: dict[str, list[int]] = {style: [] for style in SCHEMA_STYLES}
+    for step, batch in enumerate(batches):
+        for style in SCHEMA_STYLES:
+            features = [training_features(tokenizer, train[i] | {"schema": schema_text(train[i]["db_id"], style)})
+                        for i in batch]
+            width = max(len(f["input_ids"]) for f in features)
+            ids = torch.full((len(features), width), tokenizer.pad_token_id)
+            labels = torch.full((len(features), width), -100)
+            mask = torch.zeros((len(features), width), dtype=torch.long)
+            for row, f in enumerate(features):
+                ids[row, :len(f["input_ids"])] = torch.tensor(f["input_ids"])
+                labels[row, :len(f["labels"])] = torch.tensor(f["labels"])
+                mask[row, :len(f["input_ids"])] = 1
+            start = time.perf_counter()
+            optimizer.zero_grad()
+            model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+            optimizer.step()
+            if step:  # the first step warms up the kernels
+                seconds[style].append(time.perf_counter() - start)
+                padded[style].append(width)
+    print(f"\n{len(train)} training examples; {steps} steps of batch {batch_size} per format (after one warm-up)\n")
+    print("| schema format | tokens per example: mean | p90 | max | padded batch width (mean) | s / step (median) |")
+    print("|---|---|---|---|---|---|")
+    for style in SCHEMA_STYLES:
+        values = sorted(lengths[style])
+        print(f"| {style} | {statistics.fmean(values):.0f} | {values[int(0.9 * len(values))]} | {values[-1]} | "
+              f"{statistics.fmean(padded[style]):.0f} | {statistics.median(seconds[style]):.2f} |")
+    example = train[0]
+    for style in SCHEMA_STYLES:
+        print(f"\n{style}:\n{schema_text(example['db_id'], style)}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=None, help="LoRA steps (default: the course adapter's)")
-    parser.add_argument("--n", type=int, default=240, help="test examples (evenly spaced)")
+    parser.add_argument("--steps", type=int, nargs="*", default=None,
+                        help="LoRA steps of the adapters to compare (default: the course adapter's)")
+    parser.add_argument("--n", type=int, default=None, help="test examples, evenly spaced (default: all)")
+    parser.add_argument("--formats", action="store_true", help="measure the prompt's schema formats instead")
+    parser.add_argument("--skip-base", action="store_true", help="do not score the base model (data iterations)")
+    parser.add_argument("--format-steps", type=int, default=8, help="training steps per format (with --formats)")
     args = parser.parse_args()
-    profile = detect()
-    print(profile)
-    examples = evenly_spaced(load_examples("sql", "test"), args.n)
-    tokenizer = load_tokenizer()
-
-    start = time.perf_counter()
-    base = evaluate_model(load_model(), tokenizer, examples)
-    base_seconds = time.perf_counter() - start
-
-    settings = course_adapter_settings(profile) if args.steps is None else course_adapter_settings(profile,
-                                                                                                  steps=args.steps)
-    folder = train_lora_adapter(settings, profile)
-    log = read_train_log(folder)
-    lora = adapter_report(settings, "test", args.n, profile)
-
-    print(f"\nSQL test split, {len(examples)} examples, {profile.kind} ({profile.name}); "
-          f"LoRA r={settings.r}, alpha={settings.lora_alpha}, {settings.targets}, {settings.steps} steps x batch "
-          f"{settings.batch_size}, lr {settings.learning_rate}\n")
-    print("| model | overall | seen | held-out template | held-out database | notes |")
-    print("|---|---|---|---|---|---|")
-    print(row("base SmolLM2-135M-Instruct", base, f"eval {base_seconds:.0f} s"))
-    print(row("LoRA r=8, all linear", lora, f"train {log['seconds']:.0f} s, {log['tokens_per_second']:.0f} tok/s, "
-                                            f"final loss {log['losses'][-1]:.3f}"))
-    by_template: dict[str, list[float]] = {}
-    for result, example in zip(lora.results, examples):
-        by_template.setdefault(f"{example['group']}/{example['template']}", []).append(result.score)
-    print("\nLoRA accuracy per template:")
-    for key, scores in sorted(by_template.items()):
-        print(f"  {key:<40} {sum(scores) / len(scores):6.1%}  (n={len(scores)})")
-    print("\nfailure reasons:", dict(lora.reasons()))
+    if args.formats:
+        measure_formats(args.format_steps, 8)
+    else:
+        calibrate(args.steps or [None], args.n, args.skip_base)
 
 
 if __name__ == "__main__":

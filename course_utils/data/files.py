@@ -1,0 +1,139 @@
+"""Reading and writing the JSONL files, with errors that name the file, the line and the fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .splits import DATA_DIR, SPLITS, TASKS
+from .schemas import schema_text
+from .sql_task import generate_sql_examples
+from .json_task import generate_json_examples
+
+
+# ---------------------------------------------------------------------------
+# Files, loaders and prompts
+# ---------------------------------------------------------------------------
+
+GENERATORS = {"sql": generate_sql_examples, "json": generate_json_examples}
+
+
+def data_path(task: str, split: str, data_dir: Path | None = None) -> Path:
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; choose one of {TASKS}.")
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; choose one of {SPLITS}.")
+    return (data_dir or DATA_DIR) / task / f"{split}.jsonl"
+
+
+# What every row of a task must hold; a data file missing one is an error naming the line and field.
+REQUIRED_FIELDS = {"sql": ("task", "question", "answer", "db_id", "schema"), "json": ("task", "question", "answer")}
+_FIX = "Fix the file or regenerate it with `python -m course_utils.data`."
+
+
+def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
+    """Read a JSONL file: one JSON object per line (blank lines are skipped).
+
+    Anything wrong is a ValueError that names the file and the line: an empty
+    file, bytes that are not UTF-8, a line that is not JSON or not a JSON
+    object, a `required` field missing or not a string.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    if not data.strip():
+        raise ValueError(f"{path} is empty: expected one JSON object per line. {_FIX}")
+    rows = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}, line {number}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column "
+                             f"{exc.start + 1}); save the file as UTF-8. {_FIX}") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}, line {number}: not valid JSON ({exc.msg}). {_FIX}") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}, line {number}: a JSON {type(row).__name__}, not a JSON object "
+                             f"({{\"field\": value, ...}}). {_FIX}")
+        for name in required:
+            if name not in row:
+                raise ValueError(f"{path}, line {number}: missing field {name!r} (every row needs "
+                                 f"{', '.join(required)}). {_FIX}")
+            if not isinstance(row[name], str):
+                raise ValueError(f"{path}, line {number}: field {name!r} is a {type(row[name]).__name__}, "
+                                 f"not a string. {_FIX}")
+        rows.append(row)
+    return rows
+
+
+def write_jsonl(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _check_task(rows: list[dict], task: str, path: Path) -> list[dict]:
+    for number, row in enumerate(rows, start=1):
+        if row["task"] != task:
+            raise ValueError(f"{path}, row {number}: field 'task' is {row['task']!r}, expected {task!r}. {_FIX}")
+    return rows
+
+
+def load_examples(task: str = "sql", split: str = "train", limit: int | None = None,
+                  data_dir: Path | None = None) -> list[dict]:
+    """Examples of one split as dicts (question, answer, and task-specific fields)."""
+    path = data_path(task, split, data_dir)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; regenerate the data with `python -m course_utils.data`.")
+    rows = _check_task(read_jsonl(path, REQUIRED_FIELDS[task]), task, path)
+    return rows[:limit] if limit is not None else rows
+
+
+def transfer_path(data_dir: Path | None = None) -> Path:
+    return (data_dir or DATA_DIR) / "transfer" / "questions.jsonl"
+
+
+def load_transfer_examples(data_dir: Path | None = None) -> list[dict]:
+    """The hand-written transfer check: SQL examples (group "transfer") on data/transfer/ databases.
+
+    Same row format as the SQL task, so `execution_accuracy` and the lessons'
+    helpers score it unchanged. Its schema field is the database's
+    `schema_text`, refreshed by `python -m course_utils.data`.
+    """
+    path = transfer_path(data_dir)
+    return _check_task(read_jsonl(path, REQUIRED_FIELDS["sql"] + ("group",)), "sql", path)
+
+
+def refresh_transfer_schemas(data_dir: Path | None = None) -> int:
+    """Rewrite the schema field of the transfer questions from their databases (the prompt's format)."""
+    path = transfer_path(data_dir)
+    rows = read_jsonl(path, REQUIRED_FIELDS["sql"])
+    for row in rows:
+        row["schema"] = schema_text(row["db_id"])
+    write_jsonl(rows, path)
+    return len(rows)
+
+
+def evenly_spaced(examples: list[dict], n: int | None) -> list[dict]:
+    """`n` examples spread evenly over the list (so every group of a split is represented).
+
+    Lessons evaluate on such a subset on a CPU and on the whole split on a GPU.
+    """
+    if n is None or n >= len(examples):
+        return list(examples)
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}.")
+    step = len(examples) / n
+    return [examples[int(i * step)] for i in range(n)]
+
+
+def load_task_dataset(task: str = "sql", data_dir: Path | None = None):
+    """The task as a `datasets.DatasetDict` with train, validation and test splits."""
+    from datasets import load_dataset
+
+    files = {split: str(data_path(task, split, data_dir)) for split in SPLITS}
+    return load_dataset("json", data_files=files)
