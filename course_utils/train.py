@@ -1,42 +1,40 @@
-"""A small, readable training loop with checkpoints, the answer-loss yardstick, and batched generation.
+"""The course's own training loop, with checkpoints that resume exactly.
 
-The course's own loop, `train()`, shows every line of a training step: lesson 02
-uses it for a full fine-tune of a few matrices. It is seeded so that a run can
-be reproduced, and it checkpoints the trainable weights, the optimizer and the
-data position, so a run interrupted resumes where it stopped and ends with the
-same losses as an uninterrupted run. It trains in the weights' own dtype, with
-no loss scaling, so it refuses fp16 weights (fp16 gradients underflow and
-overflow without a scaler); LoRA and QLoRA runs on a GPU go through
+`train()` shows every line of a training step: lesson 02 uses it for a full
+fine-tune of a few matrices, lesson 03 for its LoRA layer. It is seeded so
+that a run can be reproduced, and it checkpoints the trainable weights, the
+optimizer and the data position, so a run interrupted resumes where it stopped
+and ends with the same losses as an uninterrupted run; a folder holding another
+run's checkpoint is refused. It trains in the weights' own dtype, with no loss
+scaling, so it refuses fp16 weights (fp16 gradients underflow and overflow
+without a scaler); LoRA and QLoRA runs on a GPU go through
 `course_utils.trainer.train_with_trainer` (transformers' Trainer with mixed
 precision), which takes the same `TrainConfig`.
 
-`answer_loss()` is the course's yardstick: the cross-entropy of the answer
-tokens of held-out examples, the prompt masked exactly as in training.
-
-`train_lora_adapter()` trains a PEFT LoRA adapter for a task and caches it by
-its settings, so a second notebook or a re-run reuses it instead of training
-again.
+Neighbours: `course_utils.answers` (the answer-loss yardstick, generation),
+`course_utils.adapters` (the cached course adapters and the comparison
+budget), `course_utils.full_finetune` (lesson 02's cached full fine-tune).
+Their names stay importable from here, as the notebooks import them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import random
-import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from .cache import cache_dir, exclusive, settings_key, write_text_atomic
-from .data import load_examples, prompt_text, training_features
-from .evaluate import EvalReport, score_task
-from .hardware import HardwareProfile, detect
+from .answers import answer_loss
+from .data import collate, training_features
+
 
 OPTIMIZERS = ("adamw", "paged_adamw_8bit", "adamw_8bit", "sgd")
 
@@ -110,19 +108,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
 
-
-def collate(features: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a list of training features into tensors."""
-    width = max(len(f["input_ids"]) for f in features)
-    ids = torch.full((len(features), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(features), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(features), width), dtype=torch.long)
-    for row, f in enumerate(features):
-        n = len(f["input_ids"])
-        ids[row, :n] = torch.tensor(f["input_ids"])
-        labels[row, :n] = torch.tensor(f["labels"])
-        mask[row, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
 def batch_indices(n_examples: int, batch_size: int, step: int, seed: int) -> list[int]:
@@ -339,421 +324,28 @@ def train(model, tokenizer, examples: Sequence[dict], config: TrainConfig, outpu
     return result
 
 
-@torch.no_grad()
-def answer_token_losses(model, tokenizer, examples: Sequence[dict], batch_size: int = 8,
-                        max_length: int = 256) -> tuple[list[float], list[int]]:
-    """Per example: the summed cross-entropy of its answer tokens, and how many there are.
-
-    The prompt is masked exactly as in training (`training_features`); the EOS
-    counts as an answer token. Per-example values let a comparison of two
-    models on the same examples estimate its own noise (`course_utils.compare`).
-    """
-    if not examples:
-        raise ValueError("answer_loss needs at least one example.")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    sums: list[float] = []
-    counts: list[int] = []
-    features = [training_features(tokenizer, e, max_length) for e in examples]
-    for start in range(0, len(features), batch_size):
-        batch = {k: v.to(device) for k, v in collate(features[start:start + batch_size], tokenizer.pad_token_id).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-        labels = batch["labels"][:, 1:]
-        losses = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1),
-                                                   ignore_index=-100, reduction="none").view(labels.shape)
-        sums += losses.sum(dim=1).tolist()
-        counts += (labels != -100).sum(dim=1).tolist()
-    model.train(was_training)
-    return sums, counts
-
-
-def answer_loss(model, tokenizer, examples: Sequence[dict], batch_size: int = 8, max_length: int = 256) -> float:
-    """Mean cross-entropy per answer token on `examples`: the course's main yardstick.
-
-    The prompt is masked exactly as in training (`training_features`), and the
-    mean is over answer tokens (the EOS included), not over batches, so the
-    value does not depend on the batch size. Forward passes only: on a CPU it
-    costs a fraction of generating and scoring the same examples, and it moves
-    smoothly where execution accuracy jumps between 0 and 1 per question.
-    """
-    sums, counts = answer_token_losses(model, tokenizer, examples, batch_size, max_length)
-    return sum(sums) / sum(counts)
-
-
-def generation_batch_size(device: torch.device) -> int:
-    """Examples generated at once: 64 on a CPU, 16 on a GPU.
-
-    On a CPU each new token reads every weight from memory once for the whole
-    batch, so a decoding step costs about the same for 4 examples or 64:
-    large batches are nearly free there. On a GPU 16 keeps the KV cache of a
-    7B model small.
-    """
-    return 16 if device.type == "cuda" else 64
-
-
-@torch.no_grad()
-def generate_answers(model, tokenizer, examples: Sequence[dict], max_new_tokens: int = 64,
-                     batch_size: int | None = None, progress: bool = True) -> list[str]:
-    """Greedy answers for a list of examples, in batches (left padding)."""
-    device = next(model.parameters()).device
-    batch_size = batch_size or generation_batch_size(device)
-    tokenizer.padding_side = "left"
-    answers: list[str] = []
-    was_training = model.training
-    model.eval()
-    starts = range(0, len(examples), batch_size)
-    for start in tqdm(starts, desc="generating", leave=False, disable=not progress):
-        prompts = [prompt_text(tokenizer, e) for e in examples[start:start + batch_size]]
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        new_tokens = output[:, batch["input_ids"].shape[1]:]
-        answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-    model.train(was_training)
-    return answers
-
-
-def evaluate_model(model, tokenizer, examples: Sequence[dict], batch_size: int | None = None,
-                   max_new_tokens: int = 64) -> EvalReport:
-    """Generate answers and score them with the task's exact metric."""
-    return score_task(generate_answers(model, tokenizer, examples, max_new_tokens, batch_size), examples)
-
-
-# ---------------------------------------------------------------------------
-# Cached PEFT LoRA adapters
-# ---------------------------------------------------------------------------
-
-TARGET_SETS = {
-    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "qv": ["q_proj", "v_proj"],
-    "all-linear": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+# Names that live in the neighbouring modules, importable from here as before (PEP 562).
+_MOVED = {
+    "answers": (
+        "answer_token_losses", "answer_loss", "generation_batch_size", "generate_answers",
+        "evaluate_model",
+    ),
+    "adapters": (
+        "TARGET_SETS", "AdapterSettings", "lora_config", "load_base_for", "adapter_dir",
+        "VALIDATION_EXAMPLES", "VALIDATION_POINTS", "train_lora_adapter", "read_train_log",
+        "course_adapter_settings", "SEEDS", "YARDSTICK_EXAMPLES", "experiment_settings",
+        "adapter_example_losses", "load_adapted_model", "adapter_report",
+    ),
+    "full_finetune": (
+        "FULL_FINETUNE_FILE", "full_finetune_settings", "full_finetune_config",
+        "mark_full_finetune_trainable", "full_finetune_dir", "train_full_finetune", "read_delta_w",
+        "load_full_finetune", "full_finetune_example_losses",
+    ),
 }
 
 
-@dataclass(frozen=True)
-class AdapterSettings:
-    """Everything that determines a trained adapter; its hash names the cache folder."""
-
-    task: str = "sql"
-    r: int = 8
-    lora_alpha: int = 16
-    targets: str | tuple[str, ...] = "all-linear"
-    lora_dropout: float = 0.0
-    use_rslora: bool = False
-    steps: int = 60
-    batch_size: int = 8
-    learning_rate: float = 1e-3
-    seed: int = 0
-    quantization: str | None = None  # None for LoRA, "nf4" for QLoRA
-    double_quant: bool = False
-    model_id: str = ""  # "" = the course's tiny model
-
-    def __post_init__(self) -> None:
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
-            raise ValueError(f"r must be a positive integer (the rank of B A), got {self.r!r}; try r=8.")
-        if (isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float))
-                or not math.isfinite(self.lora_alpha) or self.lora_alpha <= 0):
-            raise ValueError(f"lora_alpha must be a finite positive number, got {self.lora_alpha!r}; "
-                             "the course uses lora_alpha=16 with r=8.")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"lora_dropout is a probability in [0, 1), got {self.lora_dropout!r}.")
-        if self.quantization not in (None, "int8", "fp4", "nf4"):
-            raise ValueError(f"quantization must be None, 'int8', 'fp4' or 'nf4', got {self.quantization!r}.")
-        self.train_config()  # steps, batch size, learning rate and seed are checked where they are used
-        self.target_modules()
-
-    def target_modules(self) -> list[str]:
-        if isinstance(self.targets, str):
-            if self.targets not in TARGET_SETS:
-                raise ValueError(f"Unknown target set {self.targets!r}; choose one of {sorted(TARGET_SETS)} "
-                                 "or pass a tuple of module names.")
-            return TARGET_SETS[self.targets]
-        return list(self.targets)
-
-    def train_config(self, **overrides) -> TrainConfig:
-        values = dict(steps=self.steps, batch_size=self.batch_size, learning_rate=self.learning_rate,
-                      seed=self.seed) | overrides
-        return TrainConfig(**values)
-
-
-def lora_config(settings: AdapterSettings):
-    from peft import LoraConfig
-
-    return LoraConfig(r=settings.r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-                      target_modules=settings.target_modules(), use_rslora=settings.use_rslora,
-                      task_type="CAUSAL_LM")
-
-
-def load_base_for(settings: AdapterSettings, profile: HardwareProfile | None = None):
-    from .models import TINY_MODEL_ID, load_model
-
-    return load_model(settings.model_id or TINY_MODEL_ID, quantization=settings.quantization,
-                      double_quant=settings.double_quant, profile=profile)
-
-
-def adapter_dir(settings: AdapterSettings) -> Path:
-    """The cache folder of an adapter: named by its settings and the training data it saw."""
-    from .data import data_path
-
-    train_file = data_path(settings.task, "train")
-    key = settings_key(asdict(settings) | {"train_data": hashlib.sha256(train_file.read_bytes()).hexdigest()})
-    return cache_dir("adapters") / f"{settings.task}-r{settings.r}-{key}"
-
-
-VALIDATION_EXAMPLES = 24  # validation examples whose answer loss a cached adapter records while it trains
-VALIDATION_POINTS = 4  # how many times per run it records it (plus once before the first step)
-
-
-def train_lora_adapter(settings: AdapterSettings, profile: HardwareProfile | None = None,
-                       force: bool = False) -> Path:
-    """Train (or reuse) a PEFT LoRA adapter for `settings`; return its folder.
-
-    Training goes through transformers' Trainer (`course_utils.trainer`), with
-    the precision the hardware calls for. The folder holds the adapter
-    (safetensors), its config and `train_log.json` (training loss per step,
-    validation answer loss at a few points, time, tokens/s). An interrupted
-    training resumes from its checkpoint; a finished one is reused unless `force=True`.
-    """
-    folder = adapter_dir(settings)
-    with exclusive(folder):
-        if force and folder.exists():
-            shutil.rmtree(folder)
-        if not (folder / "adapter_model.safetensors").exists():
-            _train_adapter_into(folder, settings, profile or detect())
-    return folder
-
-
-def _train_adapter_into(folder: Path, settings: AdapterSettings, profile: HardwareProfile) -> None:
-    from peft import get_peft_model
-
-    from .data import evenly_spaced
-    from .models import TINY_MODEL_ID, load_tokenizer
-    from .trainer import prepare_for_training, train_with_trainer
-
-    tokenizer = load_tokenizer(settings.model_id or TINY_MODEL_ID)
-    model = load_base_for(settings, profile)
-    prepare_for_training(model, profile)
-    set_seed(settings.seed)  # LoRA's A is drawn at random: the seed, not earlier cells, decides the start
-    model = get_peft_model(model, lora_config(settings))
-    examples = load_examples(settings.task, "train")
-    validation = evenly_spaced(load_examples(settings.task, "validation"), VALIDATION_EXAMPLES)
-    config = settings.train_config(checkpoint_every=max(10, settings.steps // 4),
-                                   eval_every=max(1, settings.steps // VALIDATION_POINTS))
-    result = train_with_trainer(model, tokenizer, examples, config, output_dir=folder / "checkpoint",
-                                eval_examples=validation, profile=profile)
-    log = {"settings": asdict(settings), "losses": result.losses, "validation_losses": result.validation_losses,
-           "seconds": result.seconds, "tokens_per_second": result.tokens_per_second,
-           "resumed_from": result.resumed_from, "device": profile.kind}
-    (folder / "train_log.json").write_text(json.dumps(log, indent=1))
-    model.save_pretrained(folder)  # last: the adapter file marks a finished run
-    shutil.rmtree(folder / "checkpoint", ignore_errors=True)
-
-
-def read_train_log(folder: Path) -> dict:
-    return json.loads((Path(folder) / "train_log.json").read_text())
-
-
-def course_adapter_settings(profile: HardwareProfile | None = None, task: str = "sql", **changes) -> AdapterSettings:
-    """The course's standard adapter: LoRA r=8, alpha=16 on all linear layers.
-
-    Lessons 04, 08, 09 and 10 ask for it by these settings, so it is trained
-    once and then read from the cache. `changes` vary one knob (a rank sweep).
-    """
-    profile = profile or detect()
-    base = AdapterSettings(task=task, r=8, lora_alpha=16, targets="all-linear",
-                           steps=profile.pick(cpu=30, gpu=300), batch_size=8, learning_rate=1e-3, seed=0)
-    return replace(base, **changes)
-
-
-SEEDS = (0, 1)  # every comparison trains each choice with these seeds (the same ones for every choice)
-YARDSTICK_EXAMPLES = 48  # validation questions in a comparison's answer loss (on a GPU: the whole split)
-
-
-def experiment_settings(profile: HardwareProfile | None = None, task: str = "sql", **changes) -> AdapterSettings:
-    """The budget every comparison of the course trains with: rank, targets, QLoRA vs LoRA, learning rate...
-
-    The standard adapter's settings with a short CPU run (12 steps of 4
-    examples; on a GPU the full standard budget). Lessons 04, 08 and 10 ask for
-    the same settings, so each adapter is trained once and read from the cache.
-    """
-    profile = profile or detect()
-    return course_adapter_settings(profile, task, **(profile.pick(cpu=dict(steps=12, batch_size=4), gpu={}) | changes))
-
-
-def adapter_example_losses(settings: AdapterSettings, split: str = "validation", n: int | None = YARDSTICK_EXAMPLES,
-                           profile: HardwareProfile | None = None, model=None):
-    """The yardstick of a cached adapter, per question: `ExampleLosses` on `n` evenly spaced examples; cached.
-
-    Compare two adapters with `course_utils.compare.compare_runs`, which
-    estimates the noise from these per-question values and from the seeds.
-    """
-    from .compare import ExampleLosses
-    from .data import evenly_spaced
-    from .models import TINY_MODEL_ID, load_tokenizer
-
-    profile = profile or detect()
-    n = profile.pick(cpu=n, gpu=None)
-    folder = train_lora_adapter(settings, profile)
-    cached = folder / f"losses-{split}-{n or 'all'}.json"
-    if cached.exists():
-        return ExampleLosses.of(*json.loads(cached.read_text()))
-    examples = evenly_spaced(load_examples(settings.task, split), n)
-    model = model if model is not None else load_adapted_model(settings, profile)
-    sums, counts = answer_token_losses(model, load_tokenizer(settings.model_id or TINY_MODEL_ID), examples)
-    write_text_atomic(cached, json.dumps([sums, counts]))
-    return ExampleLosses.of(sums, counts)
-
-
-def load_adapted_model(settings: AdapterSettings, profile: HardwareProfile | None = None, base=None):
-    """The base model with the (cached, trained on demand) adapter for `settings` loaded."""
-    from peft import PeftModel
-
-    folder = train_lora_adapter(settings, profile)
-    base = base if base is not None else load_base_for(settings, profile)
-    return PeftModel.from_pretrained(base, folder).eval()
-
-
-def adapter_report(settings: AdapterSettings, split: str = "test", n: int | None = None,
-                   profile: HardwareProfile | None = None, model=None, tokenizer=None) -> EvalReport:
-    """Score the adapter for `settings` on `n` evenly spaced examples of `split`; cached.
-
-    Generation is the slow part of evaluation on a CPU, so the scored report
-    is stored next to the adapter and reused by later notebooks and re-runs.
-    """
-    from .data import evenly_spaced
-    from .evaluate import ScoredExample
-    from .models import TINY_MODEL_ID, load_tokenizer
-
-    folder = train_lora_adapter(settings, profile)
-    cached = folder / f"report-{split}-{n or 'all'}.json"
-    if cached.exists():
-        return EvalReport([ScoredExample(**row) for row in json.loads(cached.read_text())])
-    examples = evenly_spaced(load_examples(settings.task, split), n)
-    model = model if model is not None else load_adapted_model(settings, profile)
-    tokenizer = tokenizer or load_tokenizer(settings.model_id or TINY_MODEL_ID)
-    report = evaluate_model(model, tokenizer, examples)
-    write_text_atomic(cached, json.dumps([asdict(r) for r in report.results]))
-    return report
-
-
-# ---------------------------------------------------------------------------
-# Cached full fine-tune of q_proj and v_proj (lesson 02 takes the SVD of its update;
-# lesson 10 compares it with LoRA at equal steps)
-# ---------------------------------------------------------------------------
-
-FULL_FINETUNE_FILE = "delta_w.safetensors"  # ΔW = W_after - W_before per trained matrix; written last
-
-
-def full_finetune_settings(profile: HardwareProfile | None = None, **changes) -> dict:
-    """The course's full fine-tune: every q_proj and v_proj matrix trainable, AdamW at lr 1e-5.
-
-    The weights stay fp32 on every device: a full fine-tune moves each weight
-    by about the learning rate per step, and in bf16 such a step rounds away
-    (lesson 02 shows it). On a CPU 30 steps of 8 examples, on a GPU 100.
-    `changes` vary one knob (steps, seed, ...); the settings name the cache folder.
-    """
-    from .models import TINY_MODEL_ID
-
-    profile = profile or detect()
-    settings = dict(model=TINY_MODEL_ID, task="sql", targets=["q_proj", "v_proj"],
-                    steps=profile.pick(cpu=30, gpu=100), batch_size=8, learning_rate=1e-5, seed=0,
-                    device=profile.kind)
-    unknown = sorted(set(changes) - set(settings))
-    if unknown:
-        raise ValueError(f"Unknown full fine-tune setting(s) {unknown}; choose from {sorted(settings)}.")
-    return settings | changes
-
-
-def full_finetune_config(settings: dict) -> TrainConfig:
-    """The course loop's settings for a full fine-tune, with the cached adapters' validation points.
-
-    The validation answer loss is recorded every `steps // VALIDATION_POINTS`
-    steps (and before the first step and after the last), as `train_lora_adapter`
-    records it, so full fine-tuning and LoRA can be compared step for step.
-    """
-    return TrainConfig(steps=settings["steps"], batch_size=settings["batch_size"],
-                       learning_rate=settings["learning_rate"], seed=settings["seed"],
-                       eval_every=max(1, settings["steps"] // VALIDATION_POINTS))
-
-
-def mark_full_finetune_trainable(model: torch.nn.Module, targets: Sequence[str]) -> dict[str, torch.nn.Parameter]:
-    """Freeze everything but the weights of the modules named in `targets`; return those, by name."""
-    suffixes = tuple(f"{t}.weight" for t in targets)
-    for name, p in model.named_parameters():
-        p.requires_grad = name.endswith(suffixes)
-    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    if not trainable:
-        raise ValueError(f"No weight of the model ends in {list(suffixes)}; check the target names "
-                         "(the course's models call them q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj).")
-    return trainable
-
-
-def full_finetune_dir(settings: dict) -> Path:
-    """The cache folder of a full fine-tune: named by its settings and the training data it saw."""
-    from .data import data_path
-
-    train_file = data_path(settings["task"], "train")
-    key = settings_key(settings | {"train_data": hashlib.sha256(train_file.read_bytes()).hexdigest()})
-    return cache_dir("full_finetune") / f"{settings['task']}-{key}"
-
-
-def train_full_finetune(settings: dict, profile: HardwareProfile | None = None, force: bool = False) -> Path:
-    """Train (or reuse) the full fine-tune of `settings` with the course loop; return its folder.
-
-    The folder holds `delta_w.safetensors` (ΔW per trained matrix, fp32) and
-    `train_log.json`: "losses" (training loss per step), "validation_losses"
-    [(step, answer loss)] on the same validation examples and at the same
-    steps as the cached adapters record theirs, "seconds", "tokens_per_second",
-    "settings" and "config". A finished run is reused unless `force=True`.
-    """
-    from safetensors.torch import save_file
-
-    from .data import evenly_spaced
-    from .models import load_model, load_tokenizer
-
-    folder = full_finetune_dir(settings)
-    if force and folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    if (folder / FULL_FINETUNE_FILE).exists():
-        return folder
-    profile = profile or detect()
-    tokenizer = load_tokenizer(settings["model"])
-    model = load_model(settings["model"], dtype=torch.float32, profile=profile)
-    trainable = mark_full_finetune_trainable(model, settings["targets"])
-    before = {name: p.detach().clone() for name, p in trainable.items()}
-    config = full_finetune_config(settings)
-    validation = evenly_spaced(load_examples(settings["task"], "validation"), VALIDATION_EXAMPLES)
-    result = train(model, tokenizer, load_examples(settings["task"], "train"), config, eval_examples=validation)
-    delta_w = {name: (p.detach() - before[name]).cpu().contiguous() for name, p in trainable.items()}
-    log = {"settings": settings, "config": asdict(config), "losses": result.losses,
-           "validation_losses": result.validation_losses, "seconds": result.seconds,
-           "tokens_per_second": result.tokens_per_second, "device": profile.kind}
-    (folder / "train_log.json").write_text(json.dumps(log, indent=1))
-    save_file(delta_w, folder / FULL_FINETUNE_FILE)  # written last: its presence marks a complete run
-    return folder
-
-
-def read_delta_w(folder: Path) -> dict[str, torch.Tensor]:
-    """ΔW per trained matrix of a cached full fine-tune (fp32, on the CPU)."""
-    from safetensors.torch import load_file
-
-    return load_file(Path(folder) / FULL_FINETUNE_FILE)
-
-
-def load_full_finetune(settings: dict, profile: HardwareProfile | None = None, model=None):
-    """The base model with the (cached, trained on demand) full fine-tune's ΔW added, in eval mode."""
-    from .models import load_model
-
-    delta_w = read_delta_w(train_full_finetune(settings, profile))
-    model = model if model is not None else load_model(settings["model"], dtype=torch.float32, profile=profile)
-    params = dict(model.named_parameters())
-    missing = sorted(set(delta_w) - set(params))
-    if missing:
-        raise ValueError(f"The model has no parameter {missing[0]} (of {len(missing)} in ΔW): "
-                         "pass the base model the fine-tune started from.")
-    with torch.no_grad():
-        for name, delta in delta_w.items():
-            params[name] += delta.to(params[name].device, params[name].dtype)
-    return model.eval()
+def __getattr__(name: str):
+    for module, names in _MOVED.items():
+        if name in names:
+            return getattr(importlib.import_module(f"{__package__}.{module}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,7 +7,7 @@ batch 2 and 4 steps, so each training run takes a few seconds on a CPU.
 import pytest
 import torch
 
-from course_utils import train as train_module
+from course_utils import adapters as adapters_module
 from course_utils import trainer as trainer_module
 from course_utils.data import load_examples
 from course_utils.models import load_model, load_tokenizer
@@ -190,7 +190,7 @@ def test_unknown_target_set():
 
 def test_adapter_is_cached_by_its_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(train_module, "VALIDATION_EXAMPLES", 4)  # the curve's size is not under test here
+    monkeypatch.setattr(adapters_module, "VALIDATION_EXAMPLES", 4)  # the curve's size is not under test here
     settings = AdapterSettings(r=1, targets="qv", steps=2, batch_size=2)
     folder = train_lora_adapter(settings)
     assert folder == adapter_dir(settings) and folder.is_relative_to(tmp_path)

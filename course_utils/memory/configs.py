@@ -6,7 +6,6 @@ instead of letting transformers fill them with a default architecture (a 7B Llam
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from pathlib import Path

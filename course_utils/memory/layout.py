@@ -11,7 +11,7 @@ import functools
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from .layout import ActivationEstimate
-
 
 def stored_bytes(model: torch.nn.Module) -> dict[str, int]:
     """Bytes a loaded model really holds, in the planner's categories.

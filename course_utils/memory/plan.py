@@ -12,7 +12,7 @@ import torch
 
 from ..hardware import GIB, HardwareProfile
 from .configs import load_config
-from .layout import (DTYPE_NAMES, ActivationEstimate, ModelLayout, _bytes_per, _dtype, estimate_activations,
+from .layout import (ActivationEstimate, ModelLayout, _bytes_per, _dtype, estimate_activations,
                      model_layout, optimizer_state_bytes, quantized_linear_bytes, resolve_targets)
 
 if TYPE_CHECKING:

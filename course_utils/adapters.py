@@ -1,0 +1,243 @@
+"""The course's cached LoRA adapters: trained once per settings, reused by every lesson.
+
+`AdapterSettings` names every knob of a run (task, rank, alpha, targets, steps,
+batch, learning rate, seed, 4-bit base); `train_lora_adapter()` trains it
+through `course_utils.trainer` unless the cache already holds it, so a second
+notebook, a solution or a re-run reads it instead of training again.
+`experiment_settings()` is the shared budget of every comparison (paired by
+`SEEDS`), and `adapter_example_losses()` / `adapter_report()` cache what the
+lessons compare: the per-question answer loss and the execution accuracy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from .answers import answer_token_losses, evaluate_model
+from .cache import cache_dir, exclusive, settings_key, write_text_atomic
+from .data import load_examples
+from .evaluate import EvalReport
+from .hardware import detect, HardwareProfile
+from .train import set_seed, TrainConfig
+
+
+# ---------------------------------------------------------------------------
+# Cached PEFT LoRA adapters
+# ---------------------------------------------------------------------------
+
+TARGET_SETS = {
+    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qv": ["q_proj", "v_proj"],
+    "all-linear": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+
+
+@dataclass(frozen=True)
+class AdapterSettings:
+    """Everything that determines a trained adapter; its hash names the cache folder."""
+
+    task: str = "sql"
+    r: int = 8
+    lora_alpha: int = 16
+    targets: str | tuple[str, ...] = "all-linear"
+    lora_dropout: float = 0.0
+    use_rslora: bool = False
+    steps: int = 60
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    seed: int = 0
+    quantization: str | None = None  # None for LoRA, "nf4" for QLoRA
+    double_quant: bool = False
+    model_id: str = ""  # "" = the course's tiny model
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+            raise ValueError(f"r must be a positive integer (the rank of B A), got {self.r!r}; try r=8.")
+        if (isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float))
+                or not math.isfinite(self.lora_alpha) or self.lora_alpha <= 0):
+            raise ValueError(f"lora_alpha must be a finite positive number, got {self.lora_alpha!r}; "
+                             "the course uses lora_alpha=16 with r=8.")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout is a probability in [0, 1), got {self.lora_dropout!r}.")
+        if self.quantization not in (None, "int8", "fp4", "nf4"):
+            raise ValueError(f"quantization must be None, 'int8', 'fp4' or 'nf4', got {self.quantization!r}.")
+        self.train_config()  # steps, batch size, learning rate and seed are checked where they are used
+        self.target_modules()
+
+    def target_modules(self) -> list[str]:
+        if isinstance(self.targets, str):
+            if self.targets not in TARGET_SETS:
+                raise ValueError(f"Unknown target set {self.targets!r}; choose one of {sorted(TARGET_SETS)} "
+                                 "or pass a tuple of module names.")
+            return TARGET_SETS[self.targets]
+        return list(self.targets)
+
+    def train_config(self, **overrides) -> TrainConfig:
+        values = dict(steps=self.steps, batch_size=self.batch_size, learning_rate=self.learning_rate,
+                      seed=self.seed) | overrides
+        return TrainConfig(**values)
+
+
+def lora_config(settings: AdapterSettings):
+    from peft import LoraConfig
+
+    return LoraConfig(r=settings.r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+                      target_modules=settings.target_modules(), use_rslora=settings.use_rslora,
+                      task_type="CAUSAL_LM")
+
+
+def load_base_for(settings: AdapterSettings, profile: HardwareProfile | None = None):
+    from .models import TINY_MODEL_ID, load_model
+
+    return load_model(settings.model_id or TINY_MODEL_ID, quantization=settings.quantization,
+                      double_quant=settings.double_quant, profile=profile)
+
+
+def adapter_dir(settings: AdapterSettings) -> Path:
+    """The cache folder of an adapter: named by its settings and the training data it saw."""
+    from .data import data_path
+
+    train_file = data_path(settings.task, "train")
+    key = settings_key(asdict(settings) | {"train_data": hashlib.sha256(train_file.read_bytes()).hexdigest()})
+    return cache_dir("adapters") / f"{settings.task}-r{settings.r}-{key}"
+
+
+VALIDATION_EXAMPLES = 24  # validation examples whose answer loss a cached adapter records while it trains
+VALIDATION_POINTS = 4  # how many times per run it records it (plus once before the first step)
+
+
+def train_lora_adapter(settings: AdapterSettings, profile: HardwareProfile | None = None,
+                       force: bool = False) -> Path:
+    """Train (or reuse) a PEFT LoRA adapter for `settings`; return its folder.
+
+    Training goes through transformers' Trainer (`course_utils.trainer`), with
+    the precision the hardware calls for. The folder holds the adapter
+    (safetensors), its config and `train_log.json` (training loss per step,
+    validation answer loss at a few points, time, tokens/s). An interrupted
+    training resumes from its checkpoint; a finished one is reused unless `force=True`.
+    """
+    folder = adapter_dir(settings)
+    with exclusive(folder):
+        if force and folder.exists():
+            shutil.rmtree(folder)
+        if not (folder / "adapter_model.safetensors").exists():
+            _train_adapter_into(folder, settings, profile or detect())
+    return folder
+
+
+def _train_adapter_into(folder: Path, settings: AdapterSettings, profile: HardwareProfile) -> None:
+    from peft import get_peft_model
+
+    from .data import evenly_spaced
+    from .models import TINY_MODEL_ID, load_tokenizer
+    from .trainer import prepare_for_training, train_with_trainer
+
+    tokenizer = load_tokenizer(settings.model_id or TINY_MODEL_ID)
+    model = load_base_for(settings, profile)
+    prepare_for_training(model, profile)
+    set_seed(settings.seed)  # LoRA's A is drawn at random: the seed, not earlier cells, decides the start
+    model = get_peft_model(model, lora_config(settings))
+    examples = load_examples(settings.task, "train")
+    validation = evenly_spaced(load_examples(settings.task, "validation"), VALIDATION_EXAMPLES)
+    config = settings.train_config(checkpoint_every=max(10, settings.steps // 4),
+                                   eval_every=max(1, settings.steps // VALIDATION_POINTS))
+    result = train_with_trainer(model, tokenizer, examples, config, output_dir=folder / "checkpoint",
+                                eval_examples=validation, profile=profile)
+    log = {"settings": asdict(settings), "losses": result.losses, "validation_losses": result.validation_losses,
+           "seconds": result.seconds, "tokens_per_second": result.tokens_per_second,
+           "resumed_from": result.resumed_from, "device": profile.kind}
+    (folder / "train_log.json").write_text(json.dumps(log, indent=1))
+    model.save_pretrained(folder)  # last: the adapter file marks a finished run
+    shutil.rmtree(folder / "checkpoint", ignore_errors=True)
+
+
+def read_train_log(folder: Path) -> dict:
+    return json.loads((Path(folder) / "train_log.json").read_text())
+
+
+def course_adapter_settings(profile: HardwareProfile | None = None, task: str = "sql", **changes) -> AdapterSettings:
+    """The course's standard adapter: LoRA r=8, alpha=16 on all linear layers.
+
+    Lessons 04, 08, 09 and 10 ask for it by these settings, so it is trained
+    once and then read from the cache. `changes` vary one knob (a rank sweep).
+    """
+    profile = profile or detect()
+    base = AdapterSettings(task=task, r=8, lora_alpha=16, targets="all-linear",
+                           steps=profile.pick(cpu=30, gpu=300), batch_size=8, learning_rate=1e-3, seed=0)
+    return replace(base, **changes)
+
+
+SEEDS = (0, 1)  # every comparison trains each choice with these seeds (the same ones for every choice)
+YARDSTICK_EXAMPLES = 48  # validation questions in a comparison's answer loss (on a GPU: the whole split)
+
+
+def experiment_settings(profile: HardwareProfile | None = None, task: str = "sql", **changes) -> AdapterSettings:
+    """The budget every comparison of the course trains with: rank, targets, QLoRA vs LoRA, learning rate...
+
+    The standard adapter's settings with a short CPU run (12 steps of 4
+    examples; on a GPU the full standard budget). Lessons 04, 08 and 10 ask for
+    the same settings, so each adapter is trained once and read from the cache.
+    """
+    profile = profile or detect()
+    return course_adapter_settings(profile, task, **(profile.pick(cpu=dict(steps=12, batch_size=4), gpu={}) | changes))
+
+
+def adapter_example_losses(settings: AdapterSettings, split: str = "validation", n: int | None = YARDSTICK_EXAMPLES,
+                           profile: HardwareProfile | None = None, model=None):
+    """The yardstick of a cached adapter, per question: `ExampleLosses` on `n` evenly spaced examples; cached.
+
+    Compare two adapters with `course_utils.compare.compare_runs`, which
+    estimates the noise from these per-question values and from the seeds.
+    """
+    from .compare import ExampleLosses
+    from .data import evenly_spaced
+    from .models import TINY_MODEL_ID, load_tokenizer
+
+    profile = profile or detect()
+    n = profile.pick(cpu=n, gpu=None)
+    folder = train_lora_adapter(settings, profile)
+    cached = folder / f"losses-{split}-{n or 'all'}.json"
+    if cached.exists():
+        return ExampleLosses.of(*json.loads(cached.read_text()))
+    examples = evenly_spaced(load_examples(settings.task, split), n)
+    model = model if model is not None else load_adapted_model(settings, profile)
+    sums, counts = answer_token_losses(model, load_tokenizer(settings.model_id or TINY_MODEL_ID), examples)
+    write_text_atomic(cached, json.dumps([sums, counts]))
+    return ExampleLosses.of(sums, counts)
+
+
+def load_adapted_model(settings: AdapterSettings, profile: HardwareProfile | None = None, base=None):
+    """The base model with the (cached, trained on demand) adapter for `settings` loaded."""
+    from peft import PeftModel
+
+    folder = train_lora_adapter(settings, profile)
+    base = base if base is not None else load_base_for(settings, profile)
+    return PeftModel.from_pretrained(base, folder).eval()
+
+
+def adapter_report(settings: AdapterSettings, split: str = "test", n: int | None = None,
+                   profile: HardwareProfile | None = None, model=None, tokenizer=None) -> EvalReport:
+    """Score the adapter for `settings` on `n` evenly spaced examples of `split`; cached.
+
+    Generation is the slow part of evaluation on a CPU, so the scored report
+    is stored next to the adapter and reused by later notebooks and re-runs.
+    """
+    from .data import evenly_spaced
+    from .evaluate import ScoredExample
+    from .models import TINY_MODEL_ID, load_tokenizer
+
+    folder = train_lora_adapter(settings, profile)
+    cached = folder / f"report-{split}-{n or 'all'}.json"
+    if cached.exists():
+        return EvalReport([ScoredExample(**row) for row in json.loads(cached.read_text())])
+    examples = evenly_spaced(load_examples(settings.task, split), n)
+    model = model if model is not None else load_adapted_model(settings, profile)
+    tokenizer = tokenizer or load_tokenizer(settings.model_id or TINY_MODEL_ID)
+    report = evaluate_model(model, tokenizer, examples)
+    write_text_atomic(cached, json.dumps([asdict(r) for r in report.results]))
+    return report

@@ -1,0 +1,100 @@
+"""The course's yardstick and its generated answers.
+
+`answer_loss()` is the course's main comparison metric: the cross-entropy of
+the answer tokens of held-out examples, the prompt masked exactly as in
+training. It needs forward passes only, so it is cheap on a CPU and sensitive
+where execution accuracy on a few dozen generated answers is not.
+`generate_answers()` batches greedy generation (on a CPU a decoding step costs
+about the same for 4 or 64 prompts) and `evaluate_model()` scores the answers.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import collate, prompt_text, training_features
+from .evaluate import EvalReport, score_task
+
+
+@torch.no_grad()
+def answer_token_losses(model, tokenizer, examples: Sequence[dict], batch_size: int = 8,
+                        max_length: int = 256) -> tuple[list[float], list[int]]:
+    """Per example: the summed cross-entropy of its answer tokens, and how many there are.
+
+    The prompt is masked exactly as in training (`training_features`); the EOS
+    counts as an answer token. Per-example values let a comparison of two
+    models on the same examples estimate its own noise (`course_utils.compare`).
+    """
+    if not examples:
+        raise ValueError("answer_loss needs at least one example.")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    sums: list[float] = []
+    counts: list[int] = []
+    features = [training_features(tokenizer, e, max_length) for e in examples]
+    for start in range(0, len(features), batch_size):
+        batch = {k: v.to(device) for k, v in collate(features[start:start + batch_size], tokenizer.pad_token_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        labels = batch["labels"][:, 1:]
+        losses = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1),
+                                                   ignore_index=-100, reduction="none").view(labels.shape)
+        sums += losses.sum(dim=1).tolist()
+        counts += (labels != -100).sum(dim=1).tolist()
+    model.train(was_training)
+    return sums, counts
+
+
+def answer_loss(model, tokenizer, examples: Sequence[dict], batch_size: int = 8, max_length: int = 256) -> float:
+    """Mean cross-entropy per answer token on `examples`: the course's main yardstick.
+
+    The prompt is masked exactly as in training (`training_features`), and the
+    mean is over answer tokens (the EOS included), not over batches, so the
+    value does not depend on the batch size. Forward passes only: on a CPU it
+    costs a fraction of generating and scoring the same examples, and it moves
+    smoothly where execution accuracy jumps between 0 and 1 per question.
+    """
+    sums, counts = answer_token_losses(model, tokenizer, examples, batch_size, max_length)
+    return sum(sums) / sum(counts)
+
+
+def generation_batch_size(device: torch.device) -> int:
+    """Examples generated at once: 64 on a CPU, 16 on a GPU.
+
+    On a CPU each new token reads every weight from memory once for the whole
+    batch, so a decoding step costs about the same for 4 examples or 64:
+    large batches are nearly free there. On a GPU 16 keeps the KV cache of a
+    7B model small.
+    """
+    return 16 if device.type == "cuda" else 64
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, examples: Sequence[dict], max_new_tokens: int = 64,
+                     batch_size: int | None = None, progress: bool = True) -> list[str]:
+    """Greedy answers for a list of examples, in batches (left padding)."""
+    device = next(model.parameters()).device
+    batch_size = batch_size or generation_batch_size(device)
+    tokenizer.padding_side = "left"
+    answers: list[str] = []
+    was_training = model.training
+    model.eval()
+    starts = range(0, len(examples), batch_size)
+    for start in tqdm(starts, desc="generating", leave=False, disable=not progress):
+        prompts = [prompt_text(tokenizer, e) for e in examples[start:start + batch_size]]
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        new_tokens = output[:, batch["input_ids"].shape[1]:]
+        answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    model.train(was_training)
+    return answers
+
+
+def evaluate_model(model, tokenizer, examples: Sequence[dict], batch_size: int | None = None,
+                   max_new_tokens: int = 64) -> EvalReport:
+    """Generate answers and score them with the task's exact metric."""
+    return score_task(generate_answers(model, tokenizer, examples, max_new_tokens, batch_size), examples)
