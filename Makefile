@@ -28,10 +28,15 @@ run-all: setup
 # Unit tests; then every notebook and solution executed once, by nbmake on copies in
 # build/executed/ that keep their outputs (the inline matplotlib backend, so the plots are
 # kept too); then the website built from those copies and checked in headless Chromium.
+# JOBS test files or notebooks run side by side, one thread each (two processes of one thread
+# do more on two cores than one of two threads; notebooks that need the same cached adapter
+# wait for each other's lock instead of training it twice). Lessons come before solutions.
+JOBS ?= 2
+PARALLEL = -n $(JOBS) --dist loadfile
 test: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest tests --durations=0 -m "not browser"
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest tests $(PARALLEL) --durations=25 -m "not browser"
 	$(PY) tools/run_all.py --copy-only notebooks
-	HF_HUB_OFFLINE=1 MPLBACKEND=module://matplotlib_inline.backend_inline $(PY) -m pytest --nbmake --nbmake-timeout=900 --durations=0 --overwrite build/executed/notebooks
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MPLBACKEND=module://matplotlib_inline.backend_inline $(PY) -m pytest $(PARALLEL) --nbmake --nbmake-timeout=900 --durations=0 --overwrite build/executed/notebooks
 	$(PY) tools/build_site.py --require-executed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/test_site.py -m browser --durations=0
 
