@@ -71,3 +71,54 @@ def test_adapter_params():
         feedback = checks.check_adapter_params(wrong, shapes, r)
         assert feedback.status == WRONG and hint in feedback.message, (hint, feedback.message)
     assert math.isclose(right / (2 * 576 * 576 + 2 * 192 * 576), 61440 / 884736)
+
+
+def fake_truncations(monkeypatch, rank1_level: float) -> dict:
+    """Stand-ins for two seeds of the cached full fine-tune: per-question losses by rank, and a ΔW for spectra."""
+    from course_utils import train
+    from course_utils.compare import ExampleLosses
+
+    counts = [10 + i % 7 for i in range(40)]
+    wiggle = [0.05 * ((i * 37) % 11 - 5) for i in range(40)]  # per-question spread, the same for every rank
+
+    def losses(level, seed, jitter=0.0):  # jitter: a per-question difference of mean zero
+        return ExampleLosses.of([(level + 0.1 * seed + w + jitter * (-1) ** i) * c
+                                 for i, (w, c) in enumerate(zip(wiggle, counts))], counts)
+
+    levels = {0: 2.0, None: 0.9, 8: 1.0, 1: rank1_level}
+    g = torch.Generator().manual_seed(0)
+    delta = {"m": torch.randn(12, 2, generator=g) @ torch.randn(2, 16, generator=g)}
+    monkeypatch.setattr(train, "full_finetune_example_losses",
+                        lambda settings, rank=None, **kw: losses(levels[rank], settings["seed"] if rank != 0 else 0,
+                                                                             0.05 * (rank == 1)))
+    monkeypatch.setattr(train, "full_finetune_dir", lambda settings: "folder")
+    monkeypatch.setattr(train, "read_delta_w", lambda folder: delta)
+    return {rank: [losses(level, seed if rank != 0 else 0, 0.05 * (rank == 1)).mean for seed in (0, 1)]
+            for rank, level in levels.items()}  # the base model (rank 0) is the same for every seed
+
+
+SEED_SETTINGS = [{"seed": 0}, {"seed": 1}]
+
+
+def test_truncation_experiment(monkeypatch):
+    by_rank = fake_truncations(monkeypatch, rank1_level=1.5)
+    check = checks.check_truncation_experiment
+    assert check(..., ..., SEED_SETTINGS).status == NOT_ATTEMPTED
+    assert check("higher", ..., SEED_SETTINGS).status == NOT_ATTEMPTED  # predicted, not yet observed
+    assert check("higher", by_rank[1], SEED_SETTINGS).correct
+    assert check("worse", by_rank[1], SEED_SETTINGS).correct
+    wrong = check("the same", by_rank[1], SEED_SETTINGS)
+    assert wrong.status == WRONG and "energy" in wrong.message and "of the improvement" in wrong.message
+    assert check("lower", by_rank[1], SEED_SETTINGS).status == WRONG
+    for value, hint in [(by_rank[8], "rank 8's losses"), (by_rank[None], "full ΔW"), (by_rank[0], "base model"),
+                        ([1.23, 1.3], "not the measured"), (by_rank[1][:1], "one answer loss per seed")]:
+        feedback = check("higher", value, SEED_SETTINGS)
+        assert feedback.status == WRONG and hint in feedback.message, (value, feedback.message)
+    assert "not one of" in check("dunno", by_rank[1], SEED_SETTINGS).message
+
+
+def test_truncation_experiment_within_the_noise(monkeypatch):
+    by_rank = fake_truncations(monkeypatch, rank1_level=1.0001)
+    assert checks.check_truncation_experiment("the same", by_rank[1], SEED_SETTINGS).correct
+    wrong = checks.check_truncation_experiment("higher", by_rank[1], SEED_SETTINGS)
+    assert wrong.status == WRONG and "no difference is detected" in wrong.message

@@ -104,3 +104,84 @@ def test_merged_weight():
     layer.merge()
     with pytest.raises(ValueError, match="unmerged"):
         checks.check_merged_weight(W, layer)
+
+
+def low_rank_image():
+    """A 40 x 30 matrix with its energy in 3 directions, and a noisy copy (noise: 60% of its norm)."""
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(40, 3, generator=g, dtype=torch.float64) @ torch.randn(3, 30, generator=g, dtype=torch.float64)
+    noise = torch.randn(40, 30, generator=g, dtype=torch.float64)
+    return m, m + 0.6 * noise * (torch.linalg.matrix_norm(m) / torch.linalg.matrix_norm(noise))
+
+
+def k_for(matrix, fraction=0.9):
+    energy = torch.linalg.svdvals(matrix).square().cumsum(0)
+    return int((energy < fraction * energy[-1]).sum()) + 1
+
+
+def test_noise_experiment():
+    image, noisy = low_rank_image()
+    k_clean, k_noisy = k_for(image), k_for(noisy)
+    assert k_noisy > k_clean  # the fixture shows the effect the exercise is about
+    check = checks.check_noise_experiment
+    assert status(check(..., ..., image, noisy)) == NOT_ATTEMPTED
+    halfway = check("more", ..., image, noisy)
+    assert halfway.status == NOT_ATTEMPTED and "now run the experiment" in halfway.message
+    assert check("more", k_noisy, image, noisy).correct
+    assert check("More ", torch.tensor(k_noisy), image, noisy).correct
+    for prediction in ("the same", "fewer"):
+        feedback = check(prediction, k_noisy, image, noisy)  # right observation, wrong prediction: the mechanism
+        assert feedback.status == WRONG and "no preferred directions" in feedback.message, feedback.message
+    assert "clean image's count" in check("more", k_clean, image, noisy).message  # wrong observation
+    assert "is not the smallest k" in check("more", k_noisy + 5, image, noisy).message
+    assert "integer" in check("more", 0.9, image, noisy).message
+    assert "not one of" in check("bigger maybe", k_noisy, image, noisy).message
+    assert "equals the image" in check("more", k_clean, image, image.clone()).message
+
+
+def dora_fixture():
+    torch.manual_seed(0)
+    layer = LoraLinear(nn.Linear(24, 24), r=4, lora_alpha=8)  # square, so a column-norm mistake keeps its shape
+    return layer, torch.randn(5, 24), layer.base_layer.weight.detach().norm(dim=1)
+
+
+def dora_forward(layer, magnitude, x):
+    adapted = layer.base_layer.weight + layer.scaling * layer.lora_B @ layer.lora_A
+    return nn.functional.linear(x, magnitude[:, None] * adapted / adapted.norm(dim=1, keepdim=True),
+                                layer.base_layer.bias)
+
+
+def test_dora_experiment():
+    layer, x, magnitude = dora_fixture()
+    observed = (dora_forward(layer, magnitude, x) - layer.base_layer(x)).abs().max().item()
+    check = checks.check_dora_experiment
+    assert status(check(..., ..., dora_forward, magnitude, layer, x)) == NOT_ATTEMPTED
+    assert status(check("unchanged", ..., dora_forward, magnitude, layer, x)) == NOT_ATTEMPTED
+    assert check("unchanged", observed, dora_forward, magnitude, layer, x).correct
+    assert check("No change", torch.tensor(observed), dora_forward, magnitude, layer, x).correct
+    wrong = check("changes", observed, dora_forward, magnitude, layer, x)  # wrong prediction: the mechanism
+    assert wrong.status == WRONG and "starts at the row norms" in wrong.message and "unchanged" in wrong.message
+
+    def column_norms(layer, m, x):
+        adapted = layer.base_layer.weight + layer.scaling * layer.lora_B @ layer.lora_A
+        return nn.functional.linear(x, m[None, :] * adapted / adapted.norm(dim=0, keepdim=True), layer.base_layer.bias)
+
+    def no_division(layer, m, x):
+        adapted = layer.base_layer.weight + layer.scaling * layer.lora_B @ layer.lora_A
+        return nn.functional.linear(x, m[:, None] * adapted, layer.base_layer.bias)
+
+    def change_only(layer, m, x):
+        return dora_forward(layer, m, x) - layer.base_layer(x)
+
+    for function, hint in [(column_norms, "column norms"), (no_division, "forgets to divide"),
+                           (change_only, "only the change"), (lambda l, m, x: x @ l.lora_A.T, "shape"),
+                           ("dora", "function itself")]:
+        feedback = check("unchanged", observed, function, magnitude, layer, x)
+        assert feedback.status == WRONG and hint in feedback.message, (hint, feedback.message)
+    W = layer.base_layer.weight.detach()
+    for m, hint in [(W.norm(dim=0), "column norms"), (W.norm().expand(24).clone(), "norm of each row"),
+                    (W.norm().reshape(1), "one per output feature")]:
+        feedback = check("unchanged", observed, dora_forward, m, layer, x)
+        assert feedback.status == WRONG and hint in feedback.message, (hint, feedback.message)
+    assert "is not what your dora_forward gives" in check("unchanged", 0.3, dora_forward, magnitude, layer, x).message
+    assert "not one of" in check("maybe", observed, dora_forward, magnitude, layer, x).message

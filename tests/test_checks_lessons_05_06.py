@@ -80,3 +80,59 @@ def test_nf4_dequantized():
     assert "multiply" in checks.check_nf4_dequantized(table[torch.tensor(codes)], codes, absmax).message
     assert "index" in checks.check_nf4_dequantized(torch.tensor(codes) * absmax, codes, absmax).message
     assert "don't divide" in checks.check_nf4_dequantized(table[torch.tensor(codes)] / absmax, codes, absmax).message
+
+
+def test_bits_experiment():
+    from course_utils import quant
+
+    w = torch.randn(64, 128, generator=torch.Generator().manual_seed(0))
+
+    def error(bits):
+        w_hat = quant.blockwise_absmax_dequantize(*quant.blockwise_absmax_quantize(w, 64, bits))
+        return ((w_hat - w).norm() / w.norm()).item()
+
+    ratio = error(3) / error(4)
+    check = checks.check_bits_experiment
+    assert check(..., ..., w).status == NOT_ATTEMPTED
+    assert check(2.3, ..., w).status == NOT_ATTEMPTED
+    assert check(7 / 3, ratio, w).correct
+    assert check(torch.tensor(2.4), torch.tensor(ratio), w).correct
+    for guess, hint in [(2, "does not simply double"), (0.5, "cannot shrink"), (16, "you predicted 16")]:
+        feedback = check(guess, ratio, w)  # right observation, wrong prediction: the mechanism
+        assert feedback.status == WRONG and hint in feedback.message and "7 for int4, 3 for int3" in feedback.message
+    for observed, hint in [(1 / ratio, "divide int3's"), (error(3), "one relative error"), (3.0, "not the measured")]:
+        feedback = check(7 / 3, observed, w)  # wrong observation
+        assert feedback.status == WRONG and hint in feedback.message, feedback.message
+
+
+def test_format_experiment():
+    from course_utils import quant
+
+    uniform = torch.rand(64, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    normal = torch.randn(64, 256, generator=torch.Generator().manual_seed(1))
+
+    def errors(w):
+        roundtrips = {"Int4": quant.blockwise_absmax_dequantize(*quant.blockwise_absmax_quantize(w, 64, bits=4)),
+                      "FP4": quant.dequantize_4bit(*quant.quantize_4bit(w, 64, "fp4"), "fp4"),
+                      "NF4": quant.dequantize_4bit(*quant.quantize_4bit(w, 64, "nf4"), "nf4")}
+        return {label: ((w_hat - w).norm() / w.norm()).item() for label, w_hat in roundtrips.items()}
+
+    measured = errors(uniform)
+    assert min(measured, key=measured.get) == "Int4"  # the fixture shows what the exercise is about
+    check = checks.check_format_experiment
+    assert check(..., ..., uniform).status == NOT_ATTEMPTED
+    assert check("NF4", ..., uniform).status == NOT_ATTEMPTED
+    assert check("Int4", measured, uniform).correct
+    assert check("int4", {k.lower(): torch.tensor(v) for k, v in measured.items()}, uniform).correct
+    for guess in ("NF4", "fp4"):
+        feedback = check(guess, measured, uniform)  # right observation, wrong prediction: the mechanism
+        assert feedback.status == WRONG and "Int4 wins" in feedback.message and "flatter" in feedback.message
+    on_normal = errors(normal)
+    assert check("NF4", on_normal, normal).correct
+    assert "close to a normal" in check("Int4", on_normal, normal).message
+    swapped = measured | {"Int4": measured["NF4"], "NF4": measured["Int4"]}
+    assert "NF4's error" in check("Int4", swapped, uniform).message  # wrong observations
+    assert "missing" in check("Int4", {"Int4": measured["Int4"]}, uniform).message
+    assert "is not the relative error" in check("Int4", measured | {"FP4": 0.5}, uniform).message
+    assert "dict" in check("Int4", 0.07, uniform).message
+    assert "not one of" in check("INT8", measured, uniform).message

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch as _torch
 
-from .core import Feedback, _as_count, _as_number, _close, run_check
+from .core import NOT_ATTEMPTED, Feedback, _as_count, _as_number, _close, is_placeholder, run_check
 
 
 def _singular_values(values: Any) -> _torch.Tensor:
@@ -98,3 +98,85 @@ def check_break_even_rank(answer: Any, d: int, n: int) -> Feedback:
 
     return run_check("break-even rank", answer, find_problem,
                      success=f"correct: up to k={expected}, just below d n / (d + n) = {d * n / (d + n):.1f}.")
+
+
+# ---------------------------------------------------------------------------
+# Experiment exercises: predict first, then observe. The helpers below are shared with
+# the experiment checks of lessons 02, 03, 05 and 06.
+# ---------------------------------------------------------------------------
+
+def _choice(prediction: Any, options: dict[str, tuple[str, ...]]) -> str:
+    """The option a written prediction names: `options` maps each option to the spellings accepted for it."""
+    if not isinstance(prediction, str):
+        raise ValueError(f"write the prediction as text, one of {', '.join(repr(o) for o in options)}.")
+    said = " ".join(prediction.lower().replace("_", " ").split())
+    for option, spellings in options.items():
+        if said == option or said in spellings:
+            return option
+    raise ValueError(f"{prediction!r} is not one of {', '.join(repr(o) for o in options)}.")
+
+
+def _predict_observe(exercise: str, prediction: Any, observed: Any, judge, success: str) -> Feedback:
+    """Judge an experiment exercise: `judge(prediction, observed)` returns None or what is wrong.
+
+    Not attempted while the prediction is still `...`; once it is written, a
+    missing observation gets a reminder to run the experiment.
+    """
+    if is_placeholder(prediction):
+        return run_check(exercise, prediction, judge)
+    if is_placeholder(observed):
+        feedback = Feedback(exercise, NOT_ATTEMPTED, f"prediction {prediction!r} noted; not attempted yet: now run "
+                                                     "the experiment and put what you measure in `observed`.")
+        print(feedback)
+        return feedback
+    return run_check(exercise, (prediction, observed), lambda pair: judge(*pair), success=success)
+
+
+_MORE_FEWER_SAME = {"more": ("higher", "larger", "up", "increase", "increases"),
+                    "fewer": ("less", "lower", "smaller", "down", "decrease", "decreases"),
+                    "the same": ("same", "unchanged", "equal", "no change")}
+
+
+def check_noise_experiment(prediction: Any, observed: Any, image: Any, noisy: Any, fraction: float = 0.9) -> Feedback:
+    """Experiment: add Gaussian noise to a matrix; predict, then count the directions holding `fraction` of its energy."""
+    clean = _torch.as_tensor(image).detach().to(_torch.float64).cpu()
+    noisy = _torch.as_tensor(noisy).detach().to(_torch.float64).cpu()
+    s_clean, s_noisy = _torch.linalg.svdvals(clean), _torch.linalg.svdvals(noisy)
+
+    def count(s):
+        energy = s.square().cumsum(0)
+        return int((energy < fraction * energy[-1]).sum()) + 1
+
+    k_clean, k_noisy = count(s_clean), count(s_noisy)
+    truth = "more" if k_noisy > k_clean else "fewer" if k_noisy < k_clean else "the same"
+    noise_share = (_torch.linalg.matrix_norm(noisy - clean) / _torch.linalg.matrix_norm(clean)).item()
+
+    def judge(prediction, observed):
+        if noise_share == 0:
+            return "`noisy` equals the image: add the noise (the random_like term) before measuring."
+        said = _choice(prediction, _MORE_FEWER_SAME)
+        if isinstance(observed, float) and not observed.is_integer():
+            return "the observation is a number of directions (an integer k), not a fraction of the energy."
+        value = _as_count(observed)
+        if value != k_noisy:
+            if value == k_clean:
+                return (f"{value} is the clean image's count; take the singular values of `noisy` "
+                        "(torch.linalg.svdvals(noisy)) and count again.")
+            plain = s_noisy.cumsum(0)
+            if value == int((plain < fraction * plain[-1]).sum()) + 1:
+                return "energy is the squared singular value; you summed the s_i themselves."
+            return (f"{value} is not the smallest k whose top-k directions hold {fraction:.0%} of the noisy "
+                    "image's energy: directions_for_energy(torch.linalg.svdvals(noisy), fraction).")
+        if said != truth:
+            return (f"you observed it yourself: {k_clean} directions for the clean image, {k_noisy} with the noise, "
+                    f"so the answer is {truth!r}, not {said!r}. Why: Gaussian noise has no preferred directions "
+                    "(the random matrix of section 2); its energy spreads evenly over all "
+                    f"{min(clean.shape)} directions. It holds only about {noise_share ** 2:.0%} of the energy, but "
+                    "almost all of that lands outside the top few directions, so their share of the total falls "
+                    "and more directions are needed to reach the same share.")
+        return None
+
+    return _predict_observe(
+        "noise experiment", prediction, observed, judge,
+        success=f"correct: {k_clean} -> {k_noisy} directions for {fraction:.0%} of the energy. Noise is spread over "
+                "every direction, so it makes a matrix look less low-rank.")

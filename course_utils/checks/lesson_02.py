@@ -125,3 +125,76 @@ def check_adapter_params(answer: Any, shapes: Any, r: int) -> Feedback:
     return run_check("adapter parameters", answer, find_problem,
                      success=f"correct: {expected:,} trainable numbers vs {full:,} in the full matrices "
                              f"({expected / full:.1%}).")
+
+
+_HIGHER_LOWER_SAME = {"higher": ("more", "larger", "worse", "up", "increase", "increases"),
+                      "lower": ("less", "smaller", "better", "down", "decrease", "decreases"),
+                      "the same": ("same", "unchanged", "equal", "no change", "no difference")}
+
+
+def check_truncation_experiment(prediction: Any, observed: Any, seed_settings: Any, rank: int = 1,
+                                reference_rank: int = 8, profile=None) -> Feedback:
+    """Experiment: keep rank `rank` of every ΔW instead of `reference_rank`; predict, then measure the yardstick.
+
+    `seed_settings` lists the full fine-tune's settings, one per seed. `prediction`
+    says how the held-out answer loss at rank `rank` compares with the loss at
+    `reference_rank` ("higher", "lower" or "the same": no difference detected
+    by `compare_runs` over the seeds); `observed` lists the measured answer loss
+    at rank `rank` per seed (`full_finetune_example_losses(s, rank=rank).mean`).
+    Both are judged on the cached per-question losses: re-checking costs nothing.
+    """
+    from ..compare import compare_runs
+    from ..linalg import energy_fraction
+    from ..train import full_finetune_dir, full_finetune_example_losses, read_delta_w
+    from .lesson_01 import _choice, _predict_observe
+
+    seed_settings = list(seed_settings)
+
+    def judge(prediction, observed):
+        values = [float(o.mean if hasattr(o, "mean") else o) for o in observed]
+        losses = {k: [full_finetune_example_losses(s, rank=k, profile=profile) for s in seed_settings]
+                  for k in (rank, reference_rank, None)}
+        losses[0] = [full_finetune_example_losses(seed_settings[0], rank=0, profile=profile)] * len(seed_settings)
+        if len(values) != len(seed_settings):
+            return f"observe one answer loss per seed: a list of {len(seed_settings)} numbers, got {len(values)}."
+
+        def matches(k):
+            return all(_math.isclose(v, run.mean, rel_tol=1e-4) for v, run in zip(values, losses[k]))
+
+        if not matches(rank):
+            for k, what in ((reference_rank, f"rank {reference_rank}'s losses"), (None, "the full ΔW's losses"),
+                            (0, "the base model's loss (rank=0)")):
+                if matches(k):
+                    return f"those are {what}; measure full_finetune_example_losses(s, rank={rank}).mean per seed."
+            return (f"{values} are not the measured answer losses at rank {rank}: use "
+                    f"full_finetune_example_losses(s, rank={rank}, profile=profile).mean for each seed's settings s.")
+        said = _choice(prediction, _HIGHER_LOWER_SAME)
+        comparison = compare_runs(f"rank {reference_rank}", losses[reference_rank], f"rank {rank}", losses[rank])
+        truth = ("the same" if not comparison.detected
+                 else "higher" if comparison.winner == f"rank {reference_rank}" else "lower")
+        if said == truth:
+            return None
+        spectra = [_torch.linalg.svdvals(d.to(_torch.float64))
+                   for d in read_delta_w(full_finetune_dir(seed_settings[0])).values()]
+
+        def median_energy(k):
+            kept = sorted(energy_fraction(s)[min(k, len(s)) - 1].item() for s in spectra)
+            return kept[len(kept) // 2]
+
+        def share(k):
+            gains = [(b.mean - t.mean, b.mean - f.mean) for b, t, f in zip(losses[0], losses[k], losses[None])]
+            return sum(g for g, _ in gains) / sum(full for _, full in gains)
+
+        why = (f"Rank {rank} keeps {median_energy(rank):.0%} of a ΔW's energy (median of the {len(spectra)} matrices), "
+               f"rank {reference_rank} {median_energy(reference_rank):.0%}; of the improvement the full ΔW brings "
+               f"over the base model, rank {rank} keeps {share(rank):.0%} and rank {reference_rank} "
+               f"{share(reference_rank):.0%}. {comparison.sentence()}.")
+        if truth == "the same":
+            return (f"you predicted {said}, but no difference is detected: what the directions past the first "
+                    f"{rank} do on these questions does not show above the noise. {why}")
+        return f"you predicted {said}; the measured loss at rank {rank} is {truth}. {why}"
+
+    return _predict_observe(
+        "truncation experiment", prediction, observed, judge,
+        success=f"correct: your prediction matches what the yardstick measured at rank {rank} against rank "
+                f"{reference_rank}, over {len(seed_settings)} seeds.")

@@ -83,3 +83,115 @@ def check_merged_weight(answer: Any, layer: Any) -> Feedback:
 
     return run_check("merged weight", answer, find_problem,
                      success="correct: the merged layer needs one matmul, and gives the adapted outputs.")
+
+
+_CHANGES_OR_NOT = {"unchanged": ("same", "no", "no change", "does not change", "equal", "identical", "not changed"),
+                   "changes": ("changed", "change", "yes", "different", "differs")}
+
+
+def _dora_reference(layer: Any, magnitude: _torch.Tensor, x: _torch.Tensor, norm_dim: int = 1,
+                    normalise: bool = True) -> _torch.Tensor:
+    """DoRA's output: magnitude * (W + scaling B A) / ||W + scaling B A|| (norm of each row), applied to x."""
+    W = layer.base_layer.weight.detach()
+    adapted = W + layer.scaling * layer.lora_B.detach() @ layer.lora_A.detach()
+    norm = adapted.norm(dim=norm_dim)
+    factor = (magnitude / norm) if normalise else magnitude
+    weight = (factor[:, None] if norm_dim == 1 or not normalise else factor[None, :]) * adapted
+    return _torch.nn.functional.linear(x, weight, layer.base_layer.bias)
+
+
+def _peft_dora(layer: Any, magnitude: _torch.Tensor | None = None):
+    """PEFT's LoRA layer with use_dora=True on a copy of `layer`'s weights (A, B and, if given, the magnitude)."""
+    import copy
+    from collections import OrderedDict
+
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=layer.r, lora_alpha=layer.lora_alpha, use_rslora=layer.use_rslora,
+                        target_modules=["adapted"], use_dora=True)
+    model = get_peft_model(_torch.nn.Sequential(OrderedDict(adapted=copy.deepcopy(layer.base_layer))), config)
+    theirs = model.base_model.model.adapted
+    with _torch.no_grad():
+        theirs.lora_A["default"].weight.copy_(layer.lora_A)
+        theirs.lora_B["default"].weight.copy_(layer.lora_B)
+        if magnitude is not None:
+            theirs.lora_magnitude_vector["default"].weight.copy_(magnitude)
+    return model.eval(), theirs
+
+
+def check_dora_experiment(prediction: Any, observed: Any, dora_forward: Any, magnitude: Any, layer: Any,
+                          x: Any) -> Feedback:
+    """Experiment: DoRA on a LoRA layer at initialisation (B = 0); predict whether the output changes, then measure.
+
+    `dora_forward(layer, magnitude, x)` is the learner's DoRA output; it is compared with PEFT's
+    `use_dora=True` on the same weights, at initialisation and with a non-zero B and magnitude.
+    """
+    import copy
+
+    from .lesson_01 import _choice, _predict_observe
+
+    x = _torch.as_tensor(x).detach()
+    with _torch.no_grad():
+        base = layer.base_layer(x)
+        peft_model, theirs = _peft_dora(layer)
+        peft_magnitude = theirs.lora_magnitude_vector["default"].weight.detach().clone()
+        peft_change = (peft_model(x) - base).abs().max().item()
+    scale = base.abs().max().item()
+    truth = "unchanged" if peft_change <= 1e-5 * scale else "changes"
+    trained = copy.deepcopy(layer)  # as after some training: B and the magnitude moved
+    g = _torch.Generator().manual_seed(0)
+    with _torch.no_grad():
+        trained.lora_B.copy_(0.02 * _torch.randn(trained.lora_B.shape, generator=g))
+        moved = peft_magnitude * (1 + 0.1 * _torch.randn(peft_magnitude.shape, generator=g))
+        expected_trained = _peft_dora(trained, moved)[0](x)
+    trained_scale = expected_trained.abs().max().item()
+
+    def close(a, b, scale_of):
+        return bool(_torch.allclose(a, b, rtol=1e-4, atol=1e-5 * scale_of))
+
+    def judge(prediction, observed):
+        said = _choice(prediction, _CHANGES_OR_NOT)
+        if not callable(dora_forward):
+            return "pass your function itself as dora_forward (def dora_forward(layer, magnitude, x): ...)."
+        m = _torch.as_tensor(magnitude).detach().float().reshape(-1)
+        W = layer.base_layer.weight.detach()
+        if m.numel() != W.shape[0]:
+            return (f"the magnitude has {m.numel()} entries; it needs one per output feature ({W.shape[0]}): "
+                    "the norm of each row of W.")
+        if not close(m, peft_magnitude, peft_magnitude.abs().max().item()):
+            if close(m, W.norm(dim=0), peft_magnitude.abs().max().item()):
+                return "those are the column norms; DoRA's magnitude starts at the norm of each row of W (dim=1)."
+            return "the magnitude should start at the norm of each row of W: layer.base_layer.weight.norm(dim=1)."
+        with _torch.no_grad():
+            theirs_trained = _torch.as_tensor(dora_forward(trained, moved.clone(), x)).detach()
+            if theirs_trained.shape != expected_trained.shape:
+                return f"dora_forward returned shape {tuple(theirs_trained.shape)}, expected {tuple(expected_trained.shape)}."
+            if not close(theirs_trained, expected_trained, trained_scale):
+                if close(theirs_trained, _dora_reference(trained, moved, x, norm_dim=0), trained_scale):
+                    return "dora_forward divides by column norms; divide each row of W + scaling B A by its own norm."
+                if close(theirs_trained, _dora_reference(trained, moved, x, normalise=False), trained_scale):
+                    return "dora_forward forgets to divide W + scaling B A by its row norms (the direction has norm 1)."
+                if close(theirs_trained + trained.base_layer(x), expected_trained, trained_scale):
+                    return "dora_forward returns only the change; return the whole output, as the layer would."
+                return ("with a non-zero B, dora_forward differs from PEFT's use_dora=True: compute "
+                        "magnitude * (W + scaling B A) / (row norms of W + scaling B A), then apply it to x.")
+            measured = (_torch.as_tensor(dora_forward(layer, m.clone(), x)).detach() - base).abs().max().item()
+        value = float(_as_number(observed))
+        if abs(value - measured) > max(1e-3 * measured, 1e-6 * scale):
+            return (f"{value:.3g} is not what your dora_forward gives at initialisation: the largest "
+                    f"|dora_forward(layer, magnitude, x) - layer.base_layer(x)| is {measured:.3g}.")
+        if said != truth:
+            rounding = " (float32 rounding)" if truth == "unchanged" and measured > 0 else ""
+            return (f"you measured it yourself: the largest change is {measured:.1e}{rounding} on outputs up to "
+                    f"{scale:.2f} "
+                    f"(PEFT's DoRA layer: {peft_change:.1e}), so the output is {truth}. Why: B = 0 makes "
+                    "W + scaling B A = W, and the magnitude starts at the row norms of W, so "
+                    "||W|| * W / ||W|| = W: like LoRA, DoRA starts exactly at the pretrained layer, and only "
+                    "training B, A and the magnitude moves it.")
+        return None
+
+    return _predict_observe(
+        "DoRA experiment", prediction, observed, judge,
+        success=f"correct: your DoRA layer matches PEFT's use_dora=True, and at initialisation it is the pretrained "
+                f"layer (PEFT's largest change: {peft_change:.1e}; yours may differ by float32 rounding, about 1e-7 "
+                f"of the outputs). The magnitude vector adds {layer.out_features} trainable numbers to the adapter.")

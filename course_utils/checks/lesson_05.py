@@ -86,3 +86,48 @@ def check_blockwise_bits(answer: Any, bits: int, block_size: int, scale_bits: in
         return "bits per value = bits per code + bits of one scale / block size."
 
     return run_check("bits per value", answer, find_problem, success=f"correct: {expected:g} bits per value.")
+
+
+def check_bits_experiment(prediction: Any, observed: Any, w: Any, block_size: int = 64, bits: int = 4,
+                          fewer_bits: int = 3) -> Feedback:
+    """Experiment: int4 -> int3 at the same block size; predict, then measure the ratio of the relative errors."""
+    from ..quant import blockwise_absmax_dequantize, blockwise_absmax_quantize
+    from .lesson_01 import _predict_observe
+
+    w = _torch.as_tensor(w).detach().float().cpu()
+
+    def error(b: int) -> float:
+        w_hat = blockwise_absmax_dequantize(*blockwise_absmax_quantize(w, block_size, b))
+        return ((w_hat - w).norm() / w.norm()).item()
+
+    e_more, e_fewer = error(bits), error(fewer_bits)
+    ratio = e_fewer / e_more
+    steps_more, steps_fewer = 2 ** (bits - 1) - 1, 2 ** (fewer_bits - 1) - 1
+    why = (f"absmax int-b keeps 2^(b-1) - 1 steps on each side of zero: {steps_more} for int{bits}, {steps_fewer} "
+           f"for int{fewer_bits}. The step absmax / {steps_fewer} is {steps_more / steps_fewer:.2f} times "
+           f"absmax / {steps_more}, and the rounding error, a fraction of a step, grows with it.")
+
+    def judge(prediction, observed):
+        value = _q_number(observed)
+        if not _math.isclose(value, ratio, rel_tol=1e-3):
+            if _math.isclose(value, 1 / ratio, rel_tol=1e-3):
+                return f"that is int{bits}'s error over int{fewer_bits}'s; divide int{fewer_bits}'s by int{bits}'s."
+            if _math.isclose(value, e_fewer, rel_tol=1e-3) or _math.isclose(value, e_more, rel_tol=1e-3):
+                return f"that is one relative error; the observation is int{fewer_bits}'s divided by int{bits}'s."
+            return (f"{value:.4g} is not the measured ratio: compute ||W_hat - W|| / ||W|| with bits={fewer_bits} and "
+                    f"with bits={bits}, both with block_size={block_size}, and divide.")
+        guess = _q_number(prediction)
+        if abs(guess / ratio - 1) <= 0.1:
+            return None
+        if _math.isclose(guess, 2.0, rel_tol=0.05):
+            return (f"close, but one bit fewer does not simply double the error: you measured {ratio:.2f}. "
+                    f"{why} (Symmetric codes -{steps_fewer}..{steps_fewer} leave one of the "
+                    f"{2 ** fewer_bits} codes unused.)")
+        if guess < 1:
+            return f"fewer bits cannot shrink the error: you measured {ratio:.2f} times as much. {why}"
+        return f"you predicted {guess:.3g}, you measured {ratio:.2f}. {why}"
+
+    return _predict_observe(
+        "bits experiment", prediction, observed, judge,
+        success=f"correct: int{fewer_bits} has {ratio:.2f} times int{bits}'s error ({steps_more}/{steps_fewer} = "
+                f"{steps_more / steps_fewer:.2f}): the error follows the step size.")

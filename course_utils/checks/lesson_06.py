@@ -83,3 +83,56 @@ def check_nf4_dequantized(answer: Any, codes: Any, absmax: Any) -> Feedback:
         return "dequantized value = nf4_table()[code] * absmax."
 
     return run_check("NF4 dequantized", answer, find_problem, success=f"correct: {expected.tolist()}.")
+
+
+_FORMATS = {"Int4": ("int4", "int 4"), "FP4": ("fp4", "fp 4"), "NF4": ("nf4", "nf 4")}
+
+
+def check_format_experiment(prediction: Any, observed: Any, matrix: Any, block_size: int = 64) -> Feedback:
+    """Experiment: which 4-bit format (Int4, FP4, NF4; block-wise absmax) reconstructs `matrix` best?
+
+    `observed` is a dict format -> relative error ||W_hat - W|| / ||W||, recomputed here.
+    """
+    from ..quant import blockwise_absmax_dequantize, blockwise_absmax_quantize, dequantize_4bit, quantize_4bit
+    from .lesson_01 import _choice, _predict_observe
+
+    w = _torch.as_tensor(matrix).detach().float().cpu()
+    roundtrips = {"Int4": lambda: blockwise_absmax_dequantize(*blockwise_absmax_quantize(w, block_size, bits=4)),
+                  "FP4": lambda: dequantize_4bit(*quantize_4bit(w, block_size, "fp4"), "fp4"),
+                  "NF4": lambda: dequantize_4bit(*quantize_4bit(w, block_size, "nf4"), "nf4")}
+    expected = {label: ((make() - w).norm() / w.norm()).item() for label, make in roundtrips.items()}
+    best = min(expected, key=expected.get)
+    z = (w - w.mean()) / w.std()
+    kurtosis = z.pow(4).mean().item()
+    shape = ("flatter than a normal (kurtosis {k:.1f} < 3): values spread evenly up to the block's absmax, where "
+             "evenly spaced levels serve them best" if kurtosis < 2.5 else
+             "heavier-tailed than a normal (kurtosis {k:.1f} > 3): divided by the block's absmax, most values crowd "
+             "near 0, where NF4 has more useful levels than Int4 and FP4 wastes codes on a level next to 0"
+             if kurtosis > 3.5 else "close to a normal (kurtosis {k:.1f}), which is what NF4's quantiles are built for"
+             ).format(k=kurtosis)
+
+    def judge(prediction, observed):
+        said = _choice(prediction, _FORMATS)
+        if not isinstance(observed, dict):
+            return 'the observation is a dict {"Int4": error, "FP4": error, "NF4": error}: measure all three formats.'
+        values = {_choice(label, _FORMATS): float(_q_number(v)) for label, v in observed.items()}
+        missing = [label for label in expected if label not in values]
+        if missing:
+            return f"measure every format: {', '.join(missing)} is missing from the dict."
+        for label, value in values.items():
+            if not _math.isclose(value, expected[label], rel_tol=1e-3):
+                swapped = [other for other in expected if _math.isclose(value, expected[other], rel_tol=1e-3)]
+                if swapped:
+                    return f"the value under {label!r} is {swapped[0]}'s error: check which round trip you ran."
+                return (f"{label}: {value:.4g} is not the relative error ||W_hat - W|| / ||W|| of a block-wise "
+                        f"round trip with block size {block_size} (expected about {expected[label]:.4f}).")
+        if said != best:
+            ranked = " < ".join(f"{label} {expected[label]:.4f}" for label in sorted(expected, key=expected.get))
+            return (f"you measured it yourself: {ranked}, so {best} wins, not {said}. Why: the best levels follow "
+                    f"the distribution of the values, and this matrix is {shape}.")
+        return None
+
+    return _predict_observe(
+        "format experiment", prediction, observed, judge,
+        success=f"correct: {best} has the smallest error ({expected[best]:.4f}). No 4-bit format is best for "
+                "every matrix: NF4 wins on bell-shaped weights because its levels are normal quantiles.")
