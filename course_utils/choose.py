@@ -22,6 +22,10 @@ their share.
 The answer is a `Recommendation`: the method, its settings, the memory it
 needs, and a sentence saying why. When even QLoRA at batch 1 does not fit, the
 method is "does not fit" and the reason says how much memory is missing.
+
+For serving, `serving_bytes` compares one base plus N adapters with N merged
+copies, and `fastest_modes` reads timings of serving modes against their own
+noise (lesson 10 times mixed-adapter batches, set_adapter and merged copies).
 """
 
 from __future__ import annotations
@@ -213,3 +217,23 @@ def serving_bytes(model: Any, n_adapters: int, *, rank: int = 16, targets: str =
     return {"base": plan.model_bytes, "adapter": plan.adapters,
             "hot_swap": plan.model_bytes + n_adapters * plan.adapters,
             "merged_copies": n_adapters * plan.model_bytes}
+
+
+def fastest_modes(seconds: dict[str, Sequence[float]]) -> tuple[list[str], float]:
+    """Which serving mode was fastest, judged against the timing's own noise.
+
+    `seconds` maps each mode to its wall times, two or more repeats of the same
+    requests. A mode's time is its best repeat (the least disturbed by other
+    work on the machine); the noise is the largest relative spread between the
+    repeats of any one mode. Returns the modes whose best time is within that
+    noise of the fastest one (the fastest first: one name when it is clearly
+    fastest, several when they are tied), and the noise.
+    """
+    if not seconds or any(len(times) < 2 for times in seconds.values()):
+        raise ValueError("time every mode at least twice (repeats), so the timing's noise can be measured.")
+    if any(not t > 0 for times in seconds.values() for t in times):
+        raise ValueError("every time must be a positive number of seconds.")
+    best = {mode: min(times) for mode, times in seconds.items()}
+    noise = max((max(times) - min(times)) / min(times) for times in seconds.values())
+    order = sorted(best, key=best.get)
+    return [mode for mode in order if best[mode] <= best[order[0]] * (1 + noise)], noise

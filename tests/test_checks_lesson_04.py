@@ -8,9 +8,11 @@ of the check's own code.
 import pytest
 from torch import nn
 
+import course_utils.train as train_module
+
 from course_utils import checks
-from course_utils.checks import CORRECT, NOT_ATTEMPTED, WRONG
-from course_utils.data import load_examples
+from course_utils.checks import NOT_ATTEMPTED, WRONG
+from course_utils.compare import ExampleLosses
 
 HIDDEN, KV, INTER, LAYERS = 8, 4, 12, 3
 SHAPES = {"q_proj": (HIDDEN, HIDDEN), "k_proj": (HIDDEN, KV), "v_proj": (HIDDEN, KV), "o_proj": (HIDDEN, HIDDEN),
@@ -69,24 +71,63 @@ def test_equal_budget_rank():
     assert checks.check_equal_budget_rank(4.5, MODEL, 2).status == WRONG
 
 
-def test_adapter_router():
-    def good(text):
-        return "sql" if text in sql_questions else "json"
-
-    sql_questions = {e["question"] for e in load_examples("sql", "test")}
-    assert checks.check_adapter_router(...).status == NOT_ATTEMPTED
-    assert checks.check_adapter_router(good).correct
-    assert "function itself" in checks.check_adapter_router(good("x")).message
-    assert "every request" in checks.check_adapter_router(lambda text: "sql").message
-    assert "named" in checks.check_adapter_router(lambda text: "SQL" if text in sql_questions else "JSON").message
-    flipped = checks.check_adapter_router(lambda text: "json" if text in sql_questions else "sql")
-    assert flipped.status == WRONG and "routed correctly" in flipped.message
-    crashing = checks.check_adapter_router(lambda text: text.missing)
-    assert crashing.status == WRONG and "could not check" in crashing.message
+# The rsLoRA experiment (exercise 3): the check recomputes the observation from the cache; here the cache is faked.
+COUNTS = (10,) * 20
+PLAIN = ExampleLosses.of([5.0 + (i % 3) for i in range(20)], COUNTS)  # mean 0.595
+MUCH_LOWER = ExampleLosses.of([3.0 + (i % 3) for i in range(20)], COUNTS)  # every question 0.2 lower
+NOISY_SAME = ExampleLosses.of([5.0 + (i % 3) + (0.5 if i % 2 else -0.5) for i in range(20)], COUNTS)
 
 
-def test_lesson_04_router_solution_rule():
-    """The worked solution's keyword rule (a booking sentence names a day) must pass the check."""
-    days = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-    assert checks.check_adapter_router(lambda text: "json" if any(d in text for d in days) else "sql",
-                                       ).status == CORRECT
+@pytest.fixture
+def rslora_run(monkeypatch):
+    """Make the check find `result` as the cached rsLoRA yardstick, and record what it asked for."""
+    asked = {}
+
+    def fake_settings(profile=None, task="sql", **changes):
+        asked.update(changes)
+        return changes
+
+    def use(result):
+        monkeypatch.setattr(train_module, "experiment_settings", fake_settings)
+        monkeypatch.setattr(train_module, "adapter_example_losses", lambda settings, profile=None: result)
+        return asked
+
+    return use
+
+
+def check(prediction, observed, r=32):
+    return checks.check_rslora_experiment(prediction, observed, plain=PLAIN, r=r)
+
+
+def test_rslora_experiment_placeholders(rslora_run):
+    rslora_run(MUCH_LOWER)
+    assert check(..., ...).status == NOT_ATTEMPTED
+    assert "now compute" in check("lower", ...).message
+    assert "prediction first" in check(..., MUCH_LOWER).message
+    assert check("faster", MUCH_LOWER).status == WRONG
+    assert check(0.3, MUCH_LOWER).status == WRONG
+
+
+def test_rslora_experiment_judges_the_prediction_by_the_observation(rslora_run):
+    asked = rslora_run(MUCH_LOWER)
+    assert check("lower", MUCH_LOWER).correct
+    assert asked == {"r": 32, "use_rslora": True}  # the observation it recomputed: rsLoRA at the exercise's rank
+    assert check(" Lower ", MUCH_LOWER.mean).correct  # the mean alone is accepted too
+    wrong = check("higher", MUCH_LOWER)
+    assert wrong.status == WRONG and "16/32 = 0.5" in wrong.message and "16/sqrt(32) = 2.83" in wrong.message
+    assert "'lower'" in wrong.message and "learns more" in wrong.message
+    assert check("no difference", MUCH_LOWER).status == WRONG
+
+
+def test_rslora_experiment_no_difference_within_noise(rslora_run):
+    rslora_run(NOISY_SAME)
+    assert check("no difference", NOISY_SAME).correct
+    wrong = check("lower", NOISY_SAME)
+    assert wrong.status == WRONG and "did not move beyond its noise" in wrong.message
+
+
+def test_rslora_experiment_checks_the_observation(rslora_run):
+    rslora_run(MUCH_LOWER)
+    assert "plain LoRA's yardstick" in check("lower", PLAIN).message
+    assert "check the settings" in check("lower", NOISY_SAME).message
+    assert "is not the answer loss" in check("lower", 0.1234).message

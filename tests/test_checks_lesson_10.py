@@ -65,3 +65,32 @@ def test_equivalent_alpha():
     assert "sqrt(r), not r" in check((64, 64)).message
     assert check((64, 16)).status == WRONG
     assert "pair" in check(64).message
+
+
+MODES = ["one batch, adapter_names", "set_adapter per adapter", "merged copy per adapter"]
+SQL_ONLY = [{"task": "sql"}] * 4
+CLEAR = {MODES[0]: [2.2, 2.1], MODES[1]: [2.0, 2.05], MODES[2]: [1.5, 1.52]}  # merged clearly fastest
+TIED = {MODES[0]: [2.0, 2.4], MODES[1]: [2.1, 2.2], MODES[2]: [1.95, 2.3]}  # 20% noise: all within it
+
+
+def serving(prediction, observed, requests=SQL_ONLY):
+    return checks.check_serving_experiment(prediction, observed, requests=requests, modes=MODES)
+
+
+def test_serving_experiment_placeholders_and_inputs():
+    assert serving(..., ...).status == NOT_ATTEMPTED
+    assert "prediction first" in serving(..., CLEAR).message
+    assert "now time" in serving(MODES[2], ...).message
+    assert "not a serving mode" in serving("merged", CLEAR).message
+    assert "seconds only" in serving(MODES[2], (CLEAR, {})).message
+    assert "every mode" in serving(MODES[2], {MODES[0]: [1.0, 1.0]}).message
+    assert "mix tasks" in serving(MODES[2], CLEAR, requests=[{"task": "sql"}, {"task": "json"}]).message
+    assert "could not check" in serving(MODES[2], {m: [1.0] for m in MODES}).message  # one repeat: no noise
+
+
+def test_serving_experiment_judges_against_the_timing_noise():
+    assert serving(MODES[2], CLEAR).correct
+    wrong = serving(MODES[0], CLEAR)
+    assert wrong.status == WRONG and "nothing to mix" in wrong.message and MODES[2] in wrong.message
+    for mode in MODES:  # a tie: any of the tied modes is a right prediction
+        assert serving(mode, TIED).correct

@@ -1,11 +1,11 @@
-"""Self-checks of Lesson 10: choosing and serving (largest batch, adapters vs merged copies, alpha)."""
+"""Self-checks of Lesson 10: choosing and serving (largest batch, adapters vs merged copies, alpha, serving modes)."""
 
 from __future__ import annotations
 
 import math as _math
 from typing import Any
 
-from .core import Feedback, _as_count, _as_number, _close, is_placeholder, run_check
+from .core import CORRECT, Feedback, _as_count, _as_number, _close, is_placeholder, run_check
 
 
 def _placeholder_pair(answer: Any) -> Any:
@@ -120,3 +120,52 @@ def check_equivalent_alpha(answer: Any, r_old: int, alpha_old: float, r_new: int
 
     return run_check("equivalent lora_alpha", answer, find_problem,
                      success=f"correct: lora_alpha={plain:g} (plain) or {rs:.4g} (rsLoRA) keeps the scale at {scale:g}.")
+
+
+def check_serving_experiment(prediction: Any, observed: Any, requests: Any, modes: Any) -> Feedback:
+    """Lesson 10, exercise 4: which serving mode answers one-adapter traffic fastest, predicted, then timed.
+
+    `observed` is {mode: [seconds per repeat]} as `time_modes` returns it, for
+    `requests` that all go to one adapter. The check looks at its inputs (every
+    mode timed at least twice, the traffic really one task), finds the fastest
+    mode against the timing's own noise (`course_utils.choose.fastest_modes`)
+    and accepts a prediction among the modes tied for fastest.
+    """
+    from ..choose import fastest_modes
+
+    modes = list(modes)
+    answer = ... if is_placeholder(prediction) and is_placeholder(observed) else (prediction, observed)
+    said: dict[str, str] = {}
+
+    def find_problem(pair):
+        guess, seconds = pair
+        if is_placeholder(guess):
+            return "write your prediction first (before you time anything): one of " + ", ".join(map(repr, modes)) + "."
+        if guess not in modes:
+            return f"{guess!r} is not a serving mode; choose one of " + ", ".join(map(repr, modes)) + "."
+        if is_placeholder(seconds):
+            return f"your prediction ({guess!r}) is written down; now time the modes and re-run."
+        if isinstance(seconds, tuple) and len(seconds) == 2 and isinstance(seconds[0], dict):
+            return "time_modes returns (seconds, answers); pass the seconds only: observed, _ = time_modes(...)."
+        if not isinstance(seconds, dict) or sorted(seconds) != sorted(modes):
+            return "pass the timings as time_modes returns them: {mode: [seconds, ...]} for every mode."
+        tasks = {r["task"] for r in requests}
+        if len(tasks) != 1:
+            return f"the requests mix tasks ({sorted(tasks)}); the experiment is one adapter's traffic only."
+        tied, noise = fastest_modes({mode: [float(t) for t in times] for mode, times in seconds.items()})
+        best = {mode: min(times) for mode, times in seconds.items()}
+        said["measured"] = (", ".join(f"{mode} {best[mode]:.2f} s" for mode in sorted(best, key=best.get))
+                            + f"; timing noise {noise:.0%}")
+        if guess in tied:
+            return None
+        return (f"you predicted {guess!r}, but {' and '.join(tied)} {'was' if len(tied) == 1 else 'were'} faster "
+                f"({said['measured']}). With one adapter there is nothing to mix: every mode makes one generate call "
+                "for all the requests, so the number of decoding loops is the same; what is left is the work per "
+                "step. A merged copy runs plain linear layers; unmerged, every adapted layer adds two small matmuls "
+                "(A, then B), and adapter_names adds a split of the batch by adapter in every layer.")
+
+    feedback = run_check("serving experiment", answer, find_problem, quiet=True)
+    if feedback.correct:
+        feedback = Feedback(feedback.exercise, CORRECT, f"your prediction matches the timing: {said['measured']}.")
+    print(feedback)
+    return feedback
