@@ -106,3 +106,42 @@ def test_unquantized_fraction():
     assert "quantized part" in check(1 - right, model).message
     assert "constants" in check(25600 / (25600 + packed), model).message
     assert check(0.5, model).status == WRONG
+
+
+def experiment_inputs():
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(128, 256, generator=generator), torch.randn(4, 256, generator=generator)
+
+
+def errors_by_hand(weight, x):
+    """Relative output error of an NF4 + DQ layer per compute dtype, computed here with bitsandbytes directly."""
+    found = {}
+    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        layer = bnb.nn.Linear4bit(256, 128, bias=False, compute_dtype=dtype, compress_statistics=True, quant_type="nf4")
+        layer.weight = bnb.nn.Params4bit(weight.clone(), requires_grad=False, compress_statistics=True, quant_type="nf4")
+        layer = layer.to("cpu").eval()
+        layer.support_avx512bf16_for_cpu = False
+        with torch.no_grad():
+            exact = x @ weight.T
+            found[name] = ((layer(x.to(dtype)).float() - exact).norm() / exact.norm()).item()
+    return found
+
+
+def test_compute_dtype_experiment():
+    weight, x = experiment_inputs()
+    observed = errors_by_hand(weight, x)
+    assert 0.05 < observed["float32"] < 0.15  # NF4's rounding error: about a tenth of the output
+    assert abs(observed["bfloat16"] / observed["float32"] - 1) < 0.1  # bf16 adds little: "about the same"
+    check = checks.check_compute_dtype_experiment
+    assert check(..., ..., weight, x).status == NOT_ATTEMPTED
+    assert check("higher", ..., weight, x).status == NOT_ATTEMPTED  # a prediction alone is not an observation
+    assert check("about the same", observed, weight, x).correct
+    assert check("Same", observed, weight, x).correct
+    wrong_prediction = check("higher", observed, weight, x)
+    assert wrong_prediction.status == WRONG and "observation is right" in wrong_prediction.message
+    assert "quadrature" in wrong_prediction.message
+    assert "percentage" in check("about the same", {k: 100 * v for k, v in observed.items()}, weight, x).message
+    swapped = {"float32": observed["float32"] * 2, "bfloat16": observed["bfloat16"]}
+    assert "is not what the layer gives" in check("about the same", swapped, weight, x).message
+    assert "dict" in check("about the same", [1, 2], weight, x).message
+    assert check("maybe", observed, weight, x).status == WRONG

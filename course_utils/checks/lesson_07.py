@@ -1,4 +1,4 @@
-"""Self-checks of Lesson 07: QLoRA storage and compute (stored bits of a real layer, 4-bit model size, what stays unquantized)."""
+"""Self-checks of Lesson 07: QLoRA storage and compute (stored bits of a real layer, 4-bit model size, what stays unquantized, and the experiment: bf16 compute)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import torch as _torch
 
-from .core import Feedback, _q_number, run_check
+from .core import Feedback, _q_number, is_placeholder, run_check
 
 
 def _nf4_stored_tensors(layer: Any) -> tuple[list[_torch.Tensor], int]:
@@ -128,3 +128,73 @@ def check_unquantized_fraction(answer: Any, model: Any) -> Feedback:
 
     return run_check("unquantized fraction", answer, find_problem,
                      success=f"correct: {expected:.1%} of the bytes are not 4-bit.")
+
+
+# Experiment exercise: change one knob, predict its effect on a yardstick, then observe it.
+
+_OUTCOMES = ("higher", "lower", "about the same")
+_SYNONYMS = {"higher": ("higher", "larger", "bigger", "more", "worse", "up"),
+             "lower": ("lower", "smaller", "less", "better", "down"),
+             "about the same": ("about the same", "the same", "same", "unchanged", "no change", "equal")}
+
+
+def _read_prediction(answer: Any) -> str:
+    """One of _OUTCOMES from a learner's word ("higher", "lower", "about the same"; a few synonyms accepted)."""
+    text = " ".join(str(answer).strip().lower().replace("_", " ").split())
+    for outcome, words in _SYNONYMS.items():
+        if text in words:
+            return outcome
+    raise ValueError(f"predict one of {_OUTCOMES}, got {answer!r}")
+
+
+def _output_error(weight: _torch.Tensor, x: _torch.Tensor, compute_dtype: _torch.dtype) -> float:
+    """||layer(x) - x @ W.T|| / ||x @ W.T|| for W stored in NF4 + DQ and computed in `compute_dtype`."""
+    from ..qlora import four_bit_linear
+
+    weight, x = weight.detach().float().cpu(), x.detach().float().cpu()
+    layer = four_bit_linear(weight, "nf4", True, compute_dtype)
+    with _torch.no_grad():
+        exact = x @ weight.T
+        return ((layer(x.to(compute_dtype)).float() - exact).norm() / exact.norm()).item()
+
+
+def check_compute_dtype_experiment(prediction: Any, observed: Any, weight: _torch.Tensor, x: _torch.Tensor) -> Feedback:
+    """Lesson 07, experiment: does computing an NF4 + DQ layer in bf16 instead of fp32 change its output error?
+
+    The check recomputes both errors from `weight` and `x`, compares the
+    learner's observation with them, then the prediction with the outcome
+    ("about the same" means within 10%).
+    """
+    truth = {"float32": _output_error(weight, x, _torch.float32), "bfloat16": _output_error(weight, x, _torch.bfloat16)}
+    ratio = truth["bfloat16"] / truth["float32"]
+    outcome = "higher" if ratio > 1.1 else "lower" if ratio < 0.9 else "about the same"
+    bf16_step = 2.0 ** -8  # bf16 keeps 8 significant bits: a relative rounding of at most half of this
+
+    def find_problem(answer):
+        predicted, seen = answer
+        predicted = _read_prediction(predicted)
+        if not isinstance(seen, dict) or set(seen) != set(truth):
+            return ("observed should be a dict {'float32': error, 'bfloat16': error}, one relative output error "
+                    "per compute dtype.")
+        for name, value in truth.items():
+            got = _q_number(seen[name])
+            if _math.isclose(got, 100 * value, rel_tol=0.02):
+                return f"your {name} error looks like a percentage ({got:.3g}); give it as a fraction."
+            if not _math.isclose(got, value, rel_tol=0.02):
+                return (f"your {name} error {got:.4g} is not what the layer gives ({value:.4g}): build "
+                        f"four_bit_linear(weight, 'nf4', True, torch.{name}), run it on x.to(torch.{name}), and "
+                        "divide ||output - x @ weight.T|| by ||x @ weight.T||.")
+        if predicted != outcome:
+            return (f"your observation is right; the prediction was not: the error is {outcome} with bf16 compute "
+                    f"({truth['float32']:.2%} with fp32, {truth['bfloat16']:.2%} with bf16, ratio {ratio:.3f}). "
+                    f"Why: NF4 rounds every weight to one of 16 levels per block, and that alone puts the output "
+                    f"{truth['float32']:.1%} off. bf16 then rounds the dequantized weights and the inputs to 8 "
+                    f"significant bits (at most {bf16_step / 2:.2%} each): an error many times smaller and "
+                    "unrelated to NF4's, so the two add in quadrature and the total barely moves. The precision "
+                    "QLoRA gives up is in the 4-bit storage, not in the 16-bit compute.")
+        return None
+
+    answer = None if is_placeholder(prediction) or is_placeholder(observed) else (prediction, observed)
+    return run_check("experiment: bf16 compute", answer, find_problem,
+                     success=f"correct: {truth['float32']:.2%} (fp32 compute) vs {truth['bfloat16']:.2%} (bf16): "
+                             f"{outcome}. The 4-bit storage sets the error; the compute dtype hardly adds to it.")
