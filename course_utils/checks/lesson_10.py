@@ -5,7 +5,7 @@ from __future__ import annotations
 import math as _math
 from typing import Any
 
-from .core import CORRECT, Feedback, _as_count, _as_number, _close, is_placeholder, run_check
+from .core import Feedback, _as_count, _as_number, _close, is_placeholder, run_check
 
 
 def _placeholder_pair(answer: Any) -> Any:
@@ -164,8 +164,4 @@ def check_serving_experiment(prediction: Any, observed: Any, requests: Any, mode
                 "step. A merged copy runs plain linear layers; unmerged, every adapted layer adds two small matmuls "
                 "(A, then B), and adapter_names adds a split of the batch by adapter in every layer.")
 
-    feedback = run_check("serving experiment", answer, find_problem, quiet=True)
-    if feedback.correct:
-        feedback = Feedback(feedback.exercise, CORRECT, f"your prediction matches the timing: {said['measured']}.")
-    print(feedback)
-    return feedback
+    return run_check("serving experiment", answer, find_problem, success=lambda: f"your prediction matches the timing: {said['measured']}.")
