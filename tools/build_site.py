@@ -24,6 +24,7 @@ import json
 import os
 import posixpath
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -366,6 +367,8 @@ def generate(executed_dir: Path, statuses: dict[Path, str]) -> tuple[int, dict]:
 
 
 def sphinx_build() -> None:
+    # Sphinx keeps the pages of sources that are gone (a renamed lesson); the site is rebuilt whole instead.
+    shutil.rmtree(OUT, ignore_errors=True)
     command = [sys.executable, "-m", "sphinx", "-b", "html", "-q", "-d", str(DOCTREES), "-W", "--keep-going",
                str(SOURCE), str(OUT)]
     if subprocess.run(command, cwd=ROOT).returncode != 0:
