@@ -39,7 +39,7 @@ FIRST = $(foreach n,04 02 08 10 09,$(EXECUTED)/$(n)_*.ipynb)
 test: setup
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest tests $(PARALLEL) --durations=25 -m "not browser"
 	$(PY) tools/run_all.py --copy-only notebooks
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MPLBACKEND=module://matplotlib_inline.backend_inline $(PY) -m pytest $(PARALLEL) --nbmake --nbmake-timeout=2700 --durations=0 --overwrite $(FIRST) $(EXECUTED)
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MPLBACKEND=module://matplotlib_inline.backend_inline $(PY) -m pytest $(PARALLEL) --nbmake --nbmake-timeout=3600 --durations=0 --overwrite $(FIRST) $(EXECUTED)
 	$(PY) tools/build_site.py --require-executed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/test_site.py -m browser --durations=0
 
