@@ -42,6 +42,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from .hardware import HardwareProfile, detect
+from .quant import distinct_per_block
 
 MiB = 2**20
 PAGED_MIN_NUMEL = 100_000  # bitsandbytes pages an optimizer state only for tensors this large (optim/optimizer.py)
@@ -173,8 +174,7 @@ def most_distinct_per_block(weight: torch.Tensor, block_size: int = 32) -> int:
     """
     if weight.numel() % block_size:
         raise ValueError(f"{weight.numel()} weights do not split into blocks of {block_size}.")
-    blocks = weight.detach().float().reshape(-1, block_size).sort(dim=1).values
-    return int(((blocks.diff(dim=1) != 0).sum(dim=1) + 1).max())
+    return int(distinct_per_block(weight.detach().float(), block_size).max())
 
 
 # --------------------------------------------------------------------------- one 4-bit layer
