@@ -6,7 +6,8 @@ through `course_utils.trainer` unless the cache already holds it, so a second
 notebook, a solution or a re-run reads it instead of training again.
 `experiment_settings()` is the shared budget of every comparison (paired by
 `SEEDS`), and `adapter_example_losses()` / `adapter_report()` cache what the
-lessons compare: the per-question answer loss and the execution accuracy.
+lessons compare: the per-question answer loss and the execution accuracy;
+`base_example_losses()` / `base_report()` cache the same for the untrained base.
 """
 
 from __future__ import annotations
@@ -209,6 +210,62 @@ def adapter_example_losses(settings: AdapterSettings, split: str = "validation",
     model = model if model is not None else load_adapted_model(settings, profile)
     sums, counts = answer_token_losses(model, load_tokenizer(settings.model_id or TINY_MODEL_ID), examples)
     write_text_atomic(cached, json.dumps([sums, counts]))
+    return ExampleLosses.of(sums, counts)
+
+
+def computed_once(path: Path, compute):
+    """`compute()`'s JSON-able result, stored at `path` the first time and read back after.
+
+    Under a lock: a lesson and its solution running side by side (CI runs two
+    notebooks at once) compute it once; the second waits and reads the file.
+    """
+    with exclusive(path):
+        if not path.exists():
+            write_text_atomic(path, json.dumps(compute()))
+    return json.loads(path.read_text())
+
+
+def base_report(task: str = "sql", split: str = "test", n: int | None = None,
+                profile: HardwareProfile | None = None) -> EvalReport:
+    """The untrained base model scored on `n` evenly spaced examples of `split`; cached by their content.
+
+    "Before training" is the same generation in every lesson and solution that
+    shows it, and on a CPU it costs minutes; it runs once per cache.
+    """
+    from .data import evenly_spaced
+    from .evaluate import ScoredExample
+    from .models import TINY_MODEL_ID, load_model, load_tokenizer
+
+    profile = profile or detect()
+    examples = evenly_spaced(load_examples(task, split), n)
+    key = settings_key({"examples": examples, "model": TINY_MODEL_ID, "device": profile.kind})
+    rows = computed_once(cache_dir("base") / f"report-{task}-{split}-{n or 'all'}-{key}.json", lambda: [
+        asdict(r) for r in evaluate_model(load_model(profile=profile), load_tokenizer(), examples).results])
+    return EvalReport([ScoredExample(**row) for row in rows])
+
+
+def base_example_losses(task: str = "sql", split: str = "validation", n: int | None = YARDSTICK_EXAMPLES,
+                        profile: HardwareProfile | None = None, quantization: str | None = None,
+                        double_quant: bool = False):
+    """The untrained base model's yardstick per question (`ExampleLosses`), its weights stored as
+    `quantization` says (None, "int8", "fp4", "nf4"); cached by the questions' content.
+
+    Every comparison with "no training" (lessons 04 and 08, their solutions)
+    reads this one computation.
+    """
+    from .compare import ExampleLosses
+    from .data import evenly_spaced
+    from .models import TINY_MODEL_ID, load_tokenizer
+    from .qlora import load_format
+
+    profile = profile or detect()
+    n = profile.pick(cpu=n, gpu=None)
+    examples = evenly_spaced(load_examples(task, split), n)
+    key = settings_key({"examples": examples, "model": TINY_MODEL_ID, "device": profile.kind,
+                        "quantization": quantization, "double_quant": double_quant})
+    sums, counts = computed_once(cache_dir("base") / f"losses-{task}-{split}-{n or 'all'}-{key}.json", lambda: [
+        list(values) for values in answer_token_losses(load_format(quantization, double_quant, profile),
+                                                       load_tokenizer(), examples)])
     return ExampleLosses.of(sums, counts)
 
 

@@ -34,7 +34,6 @@ Lessons 07 and 08 use these helpers; each one is small and says why it exists.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -296,18 +295,15 @@ def cached_run_losses(key: dict, run: Callable[[], tuple[Sequence[float], Sequen
     differs) plus the training data's hash, and only its per-question losses
     are kept. `run` trains and scores, returning (sums, counts).
     """
-    from .cache import cache_dir, exclusive, settings_key, write_text_atomic
+    from .adapters import computed_once
+    from .cache import cache_dir, settings_key
     from .compare import ExampleLosses
     from .data import data_path
 
     task = key.get("task", "sql")
     data = hashlib.sha256(data_path(task, "train").read_bytes()).hexdigest()
     path = cache_dir("runs") / f"{settings_key(dict(key) | {'train_data': data})}.json"
-    with exclusive(path):  # a lesson and its solution running side by side compute it once
-        if not path.exists():
-            sums, counts = run()
-            write_text_atomic(path, json.dumps([list(sums), list(counts)]))
-    return ExampleLosses.of(*json.loads(path.read_text()))
+    return ExampleLosses.of(*computed_once(path, lambda: [list(values) for values in run()]))
 
 
 # --------------------------------------------------------------------------- paged optimizers and checkpointing

@@ -9,7 +9,7 @@ import torch
 
 from course_utils import adapters as adapters_module
 from course_utils import trainer as trainer_module
-from course_utils.data import load_examples
+from course_utils.data import evenly_spaced, load_examples
 from course_utils.models import load_model, load_tokenizer
 from course_utils.train import (CHECKPOINT_FILE, AdapterSettings, TrainConfig, adapter_dir, batch_indices,
                                 learning_rate_factor, read_train_log, train, train_lora_adapter, trainable_state)
@@ -252,3 +252,36 @@ def test_two_processes_asking_for_one_adapter_train_it_once(tmp_path):
              for _ in range(2)]
     trained = [int(p.communicate(timeout=600)[0].strip().splitlines()[-1]) for p in procs]
     assert sorted(trained) == [0, 1]
+
+
+def test_base_model_results_are_computed_once_per_question_set(tmp_path, monkeypatch):
+    """Lessons 04 and 08 and their solutions read one base generation and one base yardstick."""
+    from course_utils import qlora
+    from course_utils.evaluate import EvalReport, ScoredExample
+
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    generated, scored = [], []
+
+    def fake_evaluate(model, tokenizer, examples):
+        generated.append(len(examples))
+        return EvalReport([ScoredExample(e["id"], True, 1.0, "match", "SELECT 1;", e["group"]) for e in examples])
+
+    def fake_losses(model, tokenizer, examples):
+        scored.append(model)
+        return [float(len(examples))] * len(examples), [2] * len(examples)
+
+    monkeypatch.setattr(adapters_module, "evaluate_model", fake_evaluate)
+    monkeypatch.setattr(adapters_module, "answer_token_losses", fake_losses)
+    monkeypatch.setattr("course_utils.models.load_model", lambda **kwargs: "base")
+    monkeypatch.setattr(qlora, "load_format", lambda quantization, double_quant, profile: (quantization, double_quant))
+
+    first = adapters_module.base_report(n=4)
+    assert adapters_module.base_report(n=4).results == first.results and generated == [4]
+    adapters_module.base_report(n=6)  # other questions: another generation
+    assert generated == [4, 6] and [r.group for r in first.results] == [
+        e["group"] for e in evenly_spaced(load_examples("sql", "test"), 4)]
+
+    plain = adapters_module.base_example_losses(n=3)
+    assert adapters_module.base_example_losses(n=3).mean == plain.mean == pytest.approx(1.5)
+    adapters_module.base_example_losses(n=3, quantization="nf4", double_quant=True)
+    assert scored == [(None, False), ("nf4", True)]  # each storage format scored once
