@@ -273,6 +273,7 @@ def test_base_model_results_are_computed_once_per_question_set(tmp_path, monkeyp
     monkeypatch.setattr(adapters_module, "evaluate_model", fake_evaluate)
     monkeypatch.setattr(adapters_module, "answer_token_losses", fake_losses)
     monkeypatch.setattr("course_utils.models.load_model", lambda **kwargs: "base")
+    monkeypatch.setattr("course_utils.models.load_tokenizer", lambda *args, **kwargs: "tokenizer")
     monkeypatch.setattr(qlora, "load_format", lambda quantization, double_quant, profile: (quantization, double_quant))
 
     first = adapters_module.base_report(n=4)
