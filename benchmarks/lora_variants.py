@@ -18,8 +18,9 @@ What each pair answers:
   stored in fp32, the other dequantizes NF4 codes in every forward pass. If the two agree, the 4-bit
   training path adds nothing to the gap and the rounded base explains it.
 - LoRA on the dequantized NF4 base vs LoRA: the cost of the rounded base alone.
-- QLoRA with LoftQ's start vs QLoRA: does starting B A at the best rank-r part of W - Q(W) help after
-  training? (lesson 08 shows the error it removes at step 0)
+- QLoRA with LoftQ's start vs QLoRA, and vs LoRA: does starting B A at the best rank-r part of
+  W - Q(W) help after training, and how much of the gap to LoRA is left? (lesson 08 shows the error it
+  removes at step 0)
 
 Not a test: minutes per arm on a CPU. The LoRA and QLoRA arms are the course's cached adapters; the
 others are cached by `course_utils.qlora.cached_run_losses`, so a re-run prints at once. Prints
@@ -48,7 +49,7 @@ from course_utils.trainer import prepare_for_training, train_with_trainer
 QLORA = dict(quantization="nf4", double_quant=True)
 ARMS = ("LoRA", "DoRA", "PiSSA", "QLoRA", "LoRA on dequantized NF4", "QLoRA + LoftQ")
 PAIRS = (("LoRA", "DoRA"), ("LoRA", "PiSSA"), ("LoRA", "QLoRA"), ("LoRA on dequantized NF4", "QLoRA"),
-         ("LoRA", "LoRA on dequantized NF4"), ("QLoRA", "QLoRA + LoftQ"))
+         ("LoRA", "LoRA on dequantized NF4"), ("QLoRA", "QLoRA + LoftQ"), ("LoRA", "QLoRA + LoftQ"))
 
 
 def train_and_score(settings, profile, tokenizer, yardstick, load_base, lora_changes=None, before_training=None):
