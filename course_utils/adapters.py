@@ -203,14 +203,14 @@ def adapter_example_losses(settings: AdapterSettings, split: str = "validation",
     profile = profile or detect()
     n = profile.pick(cpu=n, gpu=None)
     folder = train_lora_adapter(settings, profile)
-    cached = folder / f"losses-{split}-{n or 'all'}.json"
-    if cached.exists():
-        return ExampleLosses.of(*json.loads(cached.read_text()))
-    examples = evenly_spaced(load_examples(settings.task, split), n)
-    model = model if model is not None else load_adapted_model(settings, profile)
-    sums, counts = answer_token_losses(model, load_tokenizer(settings.model_id or TINY_MODEL_ID), examples)
-    write_text_atomic(cached, json.dumps([sums, counts]))
-    return ExampleLosses.of(sums, counts)
+
+    def score():
+        examples = evenly_spaced(load_examples(settings.task, split), n)
+        scored = model if model is not None else load_adapted_model(settings, profile)
+        return [list(values) for values in answer_token_losses(
+            scored, load_tokenizer(settings.model_id or TINY_MODEL_ID), examples)]
+
+    return ExampleLosses.of(*computed_once(folder / f"losses-{split}-{n or 'all'}.json", score))
 
 
 def computed_once(path: Path, compute):
@@ -290,12 +290,12 @@ def adapter_report(settings: AdapterSettings, split: str = "test", n: int | None
     from .models import TINY_MODEL_ID, load_tokenizer
 
     folder = train_lora_adapter(settings, profile)
-    cached = folder / f"report-{split}-{n or 'all'}.json"
-    if cached.exists():
-        return EvalReport([ScoredExample(**row) for row in json.loads(cached.read_text())])
-    examples = evenly_spaced(load_examples(settings.task, split), n)
-    model = model if model is not None else load_adapted_model(settings, profile)
-    tokenizer = tokenizer or load_tokenizer(settings.model_id or TINY_MODEL_ID)
-    report = evaluate_model(model, tokenizer, examples)
-    write_text_atomic(cached, json.dumps([asdict(r) for r in report.results]))
-    return report
+
+    def score():
+        examples = evenly_spaced(load_examples(settings.task, split), n)
+        scored = model if model is not None else load_adapted_model(settings, profile)
+        report = evaluate_model(scored, tokenizer or load_tokenizer(settings.model_id or TINY_MODEL_ID), examples)
+        return [asdict(r) for r in report.results]
+
+    rows = computed_once(folder / f"report-{split}-{n or 'all'}.json", score)
+    return EvalReport([ScoredExample(**row) for row in rows])

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from .adapters import VALIDATION_EXAMPLES, VALIDATION_POINTS, YARDSTICK_EXAMPLES
+from .adapters import VALIDATION_EXAMPLES, VALIDATION_POINTS, YARDSTICK_EXAMPLES, computed_once
 from .answers import answer_token_losses
 from .cache import cache_dir, exclusive, settings_key, write_text_atomic
 from .data import load_examples
@@ -185,21 +185,21 @@ def full_finetune_example_losses(settings: dict, rank: int | None = None, split:
     n = profile.pick(cpu=n, gpu=None)
     folder = train_full_finetune(settings, profile)
     cached = folder / f"losses-{split}-{n or 'all'}-{'full' if rank is None else f'rank{rank}'}.json"
-    if cached.exists():
-        return ExampleLosses.of(*json.loads(cached.read_text()))
-    delta_w = read_delta_w(folder)
-    if rank is not None:
-        delta_w = {name: rank_k_approximation(delta.to(torch.float64), min(rank, min(delta.shape))).float()
-                   for name, delta in delta_w.items()}
-    model = model if model is not None else load_model(settings["model"], dtype=torch.float32, profile=profile)
-    previous = _add_delta_w(model, delta_w)
-    try:
-        examples = evenly_spaced(load_examples(settings["task"], split), n)
-        sums, counts = answer_token_losses(model, load_tokenizer(settings["model"]), examples)
-    finally:
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in previous.items():
-                params[name].copy_(value)
-    write_text_atomic(cached, json.dumps([sums, counts]))
-    return ExampleLosses.of(sums, counts)
+
+    def score():
+        delta_w = read_delta_w(folder)
+        if rank is not None:
+            delta_w = {name: rank_k_approximation(delta.to(torch.float64), min(rank, min(delta.shape))).float()
+                       for name, delta in delta_w.items()}
+        scored = model if model is not None else load_model(settings["model"], dtype=torch.float32, profile=profile)
+        previous = _add_delta_w(scored, delta_w)
+        try:
+            examples = evenly_spaced(load_examples(settings["task"], split), n)
+            return [list(values) for values in answer_token_losses(scored, load_tokenizer(settings["model"]), examples)]
+        finally:
+            params = dict(scored.named_parameters())
+            with torch.no_grad():
+                for name, value in previous.items():
+                    params[name].copy_(value)
+
+    return ExampleLosses.of(*computed_once(cached, score))

@@ -286,3 +286,23 @@ def test_base_model_results_are_computed_once_per_question_set(tmp_path, monkeyp
     assert adapters_module.base_example_losses(n=3).mean == plain.mean == pytest.approx(1.5)
     adapters_module.base_example_losses(n=3, quantization="nf4", double_quant=True)
     assert scored == [(None, False), ("nf4", True)]  # each storage format scored once
+
+
+def test_adapter_results_are_computed_once_and_kept_next_to_the_adapter(tmp_path, monkeypatch):
+    from course_utils.evaluate import EvalReport, ScoredExample
+
+    calls = []
+    monkeypatch.setattr(adapters_module, "train_lora_adapter", lambda settings, profile=None: tmp_path)
+    monkeypatch.setattr(adapters_module, "load_adapted_model", lambda settings, profile=None: "adapted")
+    monkeypatch.setattr("course_utils.models.load_tokenizer", lambda *args, **kwargs: "tokenizer")
+    monkeypatch.setattr(adapters_module, "answer_token_losses", lambda model, tokenizer, examples: (
+        calls.append("losses") or ([0.5] * len(examples), [1] * len(examples))))
+    monkeypatch.setattr(adapters_module, "evaluate_model", lambda model, tokenizer, examples: (
+        calls.append("report") or EvalReport([ScoredExample(e["id"], False, 0.0, "error", "", e["group"])
+                                              for e in examples])))
+    settings = AdapterSettings(steps=2, batch_size=2)
+    losses = [adapters_module.adapter_example_losses(settings, n=5) for _ in range(2)]
+    reports = [adapters_module.adapter_report(settings, n=3) for _ in range(2)]
+    assert calls == ["losses", "report"] and losses[0] == losses[1] and losses[0].mean == pytest.approx(0.5)
+    assert reports[0].results == reports[1].results and len(reports[0].results) == 3
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["losses-validation-5.json", "report-test-3.json"]
