@@ -32,10 +32,10 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
-from course_utils.adapters import (SEEDS, VALIDATION_EXAMPLES, VALIDATION_POINTS, YARDSTICK_EXAMPLES,
-                                   adapter_example_losses, experiment_settings, lora_config)
+from course_utils.adapters import (SEEDS, YARDSTICK_EXAMPLES, adapter_example_losses, experiment_settings,
+                                   train_adapter)
 from course_utils.answers import answer_token_losses
 from course_utils.compare import compare_runs
 from course_utils.data import evenly_spaced, load_examples
@@ -43,8 +43,6 @@ from course_utils.hardware import detect
 from course_utils.loftq import apply_loftq
 from course_utils.models import load_tokenizer
 from course_utils.qlora import cached_run_losses, dequantized_equivalent, load_format, original_weights
-from course_utils.train import set_seed
-from course_utils.trainer import prepare_for_training, train_with_trainer
 
 QLORA = dict(quantization="nf4", double_quant=True)
 ARMS = ("LoRA", "DoRA", "PiSSA", "QLoRA", "LoRA on dequantized NF4", "QLoRA + LoftQ")
@@ -53,21 +51,10 @@ PAIRS = (("LoRA", "DoRA"), ("LoRA", "PiSSA"), ("LoRA", "QLoRA"), ("LoRA on dequa
 
 
 def train_and_score(settings, profile, tokenizer, yardstick, load_base, lora_changes=None, before_training=None):
-    """The cached adapters' training path with another base or LoraConfig; (sums, counts) on the yardstick."""
-    from peft import get_peft_model
-
-    model = load_base()
-    prepare_for_training(model, profile)
-    set_seed(settings.seed)  # LoRA's A (or PiSSA's SVD sketch) drawn from the seed, as train_lora_adapter does
-    model = get_peft_model(model, replace(lora_config(settings), **(lora_changes or {})))
-    if before_training is not None:
-        before_training(model)
-    validation = evenly_spaced(load_examples(settings.task, "validation"), VALIDATION_EXAMPLES)
-    config = settings.train_config(checkpoint_every=max(10, settings.steps // 4),
-                                   eval_every=max(1, settings.steps // VALIDATION_POINTS))
+    """The cached adapters' training path (`train_adapter`) with another base or LoraConfig; (sums, counts)."""
     with tempfile.TemporaryDirectory() as scratch:
-        train_with_trainer(model, tokenizer, load_examples(settings.task, "train"), config, output_dir=scratch,
-                           eval_examples=validation, profile=profile)
+        model, _ = train_adapter(settings, profile, scratch, base=load_base(), lora_changes=lora_changes,
+                                 before_training=before_training)
     return answer_token_losses(model.eval(), tokenizer, yardstick)
 
 
@@ -76,8 +63,7 @@ def arm_losses(arm: str, seed: int, profile, tokenizer, yardstick):
         return adapter_example_losses(experiment_settings(profile, seed=seed), profile=profile)
     if arm == "QLoRA":
         return adapter_example_losses(experiment_settings(profile, seed=seed, **QLORA), profile=profile)
-    quantized = arm in ("QLoRA + LoftQ",)
-    settings = experiment_settings(profile, seed=seed, **(QLORA if quantized else {}))
+    settings = experiment_settings(profile, seed=seed, **(QLORA if arm == "QLoRA + LoftQ" else {}))
     if arm == "DoRA":
         run = lambda: train_and_score(settings, profile, tokenizer, yardstick, lambda: load_format(None, profile=profile),
                                       dict(use_dora=True))

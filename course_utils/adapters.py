@@ -132,7 +132,17 @@ def train_lora_adapter(settings: AdapterSettings, profile: HardwareProfile | Non
     return folder
 
 
-def _train_adapter_into(folder: Path, settings: AdapterSettings, profile: HardwareProfile) -> None:
+def train_adapter(settings: AdapterSettings, profile: HardwareProfile, output_dir: str | Path, base=None,
+                  lora_changes: dict | None = None, before_training=None):
+    """Train the LoRA run `settings` describes; return (the PEFT model, the trainer's `TrainResult`).
+
+    The one training path of the course's adapters: a fresh base (or `base`),
+    fp32 norms where the hardware needs them, the seed set before LoRA's A is
+    drawn, the validation curve. `lora_changes` replaces `LoraConfig` fields
+    (DoRA, PiSSA) and `before_training(model)` edits the start (LoftQ), so a
+    variant differs from the cached adapter in that one thing only
+    (benchmarks/lora_variants.py). Checkpoints go to `output_dir`.
+    """
     from peft import get_peft_model
 
     from .data import evenly_spaced
@@ -140,16 +150,23 @@ def _train_adapter_into(folder: Path, settings: AdapterSettings, profile: Hardwa
     from .trainer import prepare_for_training, train_with_trainer
 
     tokenizer = load_tokenizer(settings.model_id or TINY_MODEL_ID)
-    model = load_base_for(settings, profile)
+    model = base if base is not None else load_base_for(settings, profile)
     prepare_for_training(model, profile)
     set_seed(settings.seed)  # LoRA's A is drawn at random: the seed, not earlier cells, decides the start
-    model = get_peft_model(model, lora_config(settings))
+    model = get_peft_model(model, replace(lora_config(settings), **(lora_changes or {})))
+    if before_training is not None:
+        before_training(model)
     examples = load_examples(settings.task, "train")
     validation = evenly_spaced(load_examples(settings.task, "validation"), VALIDATION_EXAMPLES)
     config = settings.train_config(checkpoint_every=max(10, settings.steps // 4),
                                    eval_every=max(1, settings.steps // VALIDATION_POINTS))
-    result = train_with_trainer(model, tokenizer, examples, config, output_dir=folder / "checkpoint",
+    result = train_with_trainer(model, tokenizer, examples, config, output_dir=output_dir,
                                 eval_examples=validation, profile=profile)
+    return model, result
+
+
+def _train_adapter_into(folder: Path, settings: AdapterSettings, profile: HardwareProfile) -> None:
+    model, result = train_adapter(settings, profile, folder / "checkpoint")
     log = {"settings": asdict(settings), "losses": result.losses, "validation_losses": result.validation_losses,
            "seconds": result.seconds, "tokens_per_second": result.tokens_per_second,
            "resumed_from": result.resumed_from, "device": profile.kind}
