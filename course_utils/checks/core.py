@@ -106,3 +106,19 @@ def _linear_shapes(model: Any, target_modules: Any) -> list[tuple[str, int, int]
 
 
 _q_number = _as_number  # lessons 05-07 read numbers the same way
+
+
+def fraction_slip(value: float, expected: float, complement: str, rel_tol: float = 1e-3) -> str | None:
+    """The feedback for a fraction answer: "" when right, a hint for its two usual slips, None otherwise.
+
+    A share asked "as a fraction" is often given as a percentage, or as the
+    other part of the whole; both deserve a sentence rather than "wrong".
+    `complement` says what 1 - expected is in the exercise's words.
+    """
+    if _math.isclose(value, expected, rel_tol=rel_tol):
+        return ""
+    if _math.isclose(value, 100 * expected, rel_tol=rel_tol):
+        return "that is a percentage; give a fraction between 0 and 1."
+    if _math.isclose(value, 1 - expected, rel_tol=rel_tol):
+        return complement
+    return None

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch as _torch
 
-from .core import Feedback, _q_number, is_placeholder, run_check
+from .core import Feedback, _q_number, fraction_slip, is_placeholder, run_check
 
 
 def _nf4_stored_tensors(layer: Any) -> tuple[list[_torch.Tensor], int]:
@@ -113,15 +113,13 @@ def check_unquantized_fraction(answer: Any, model: Any) -> Feedback:
 
     def find_problem(a):
         value = _q_number(a)
-        if _math.isclose(value, expected, rel_tol=1e-3):
-            return None
-        if _math.isclose(value, 100 * expected, rel_tol=1e-3):
-            return "that is a percentage; give a fraction between 0 and 1."
+        slip = fraction_slip(value, expected, "that is the quantized part (weights and constants); the question asks "
+                                              "for the rest.")
+        if slip is not None:
+            return slip or None
         if _math.isclose(value, other / params, rel_tol=1e-3):
             return ("that is the fraction of parameters; the question asks about bytes, and an unquantized "
                     "parameter takes 8x the bytes of a 4-bit one.")
-        if _math.isclose(value, 1 - expected, rel_tol=1e-3):
-            return "that is the quantized part (weights and constants); the question asks for the rest."
         if _math.isclose(value, parts["unquantized"] / (parts["base_weights"] + parts["unquantized"]), rel_tol=1e-3):
             return "the total must include the quantization constants (absmax etc.) too."
         return "fraction = stored_bytes(model)['unquantized'] / sum of all stored bytes."

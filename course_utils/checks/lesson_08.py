@@ -7,7 +7,7 @@ from typing import Any
 
 import torch as _torch
 
-from .core import Feedback, _q_number, is_placeholder, run_check
+from .core import Feedback, _q_number, fraction_slip, is_placeholder, run_check
 from .lesson_07 import _read_prediction
 
 
@@ -66,12 +66,10 @@ def check_loftq_share(answer: Any, error: _torch.Tensor, r: int) -> Feedback:
 
     def find_problem(a):
         value = _q_number(a)
-        if _math.isclose(value, expected, rel_tol=1e-3):
-            return None
-        if _math.isclose(value, 100 * expected, rel_tol=1e-3):
-            return "that is a percentage; give a fraction between 0 and 1."
-        if _math.isclose(value, 1 - expected, rel_tol=1e-3):
-            return "that is the share that remains; the question asks for the share the rank-r start cancels."
+        slip = fraction_slip(value, expected, "that is the share that remains; the question asks for the share the "
+                                              "rank-r start cancels.")
+        if slip is not None:
+            return slip or None
         if _math.isclose(value, (values[:r].sum() / values.sum()).item(), rel_tol=1e-3):
             return ("you summed the singular values; the squared Frobenius norm is the sum of their squares "
                     "(Eckart-Young, lesson 01).")
