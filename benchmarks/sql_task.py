@@ -18,22 +18,18 @@ course cache, and so is the base model's report, keyed by the data it scored.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import math
 import random
 import statistics
 import time
-from dataclasses import asdict
 
-from course_utils.cache import cache_dir
 from course_utils.data import (GROUPS, SCHEMA_STYLES, evenly_spaced, load_examples, load_transfer_examples,
                                schema_text, training_features)
 from course_utils.evaluate import EvalReport, ScoredExample
 from course_utils.hardware import detect
 from course_utils.models import load_model, load_tokenizer
-from course_utils.train import (adapter_report, course_adapter_settings, evaluate_model, load_adapted_model,
-                                read_train_log, train_lora_adapter)
+from course_utils.adapters import TRANSFER_SPLIT, base_report
+from course_utils.train import adapter_report, course_adapter_settings, read_train_log, train_lora_adapter
 
 
 def binomial_se(p: float, n: int) -> float:
@@ -67,41 +63,18 @@ def table_row(name: str, report: EvalReport, transfer: EvalReport, notes: str = 
             f"{cell([r.score for r in transfer.results])} | {notes} |")
 
 
-def cached_base_report(model_loader, tokenizer, examples: list[dict], name: str) -> EvalReport:
-    """The base model's report on `examples`, cached by their content (base generation is the slow part)."""
-    key = hashlib.sha256(json.dumps(examples, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir("benchmarks") / f"base-{name}-{key}.json"
-    if path.exists():
-        return EvalReport([ScoredExample(**row) for row in json.loads(path.read_text())])
-    report = evaluate_model(model_loader(), tokenizer, examples)
-    path.write_text(json.dumps([asdict(r) for r in report.results]))
-    return report
-
-
-def adapter_transfer_report(settings, profile, tokenizer, examples: list[dict]) -> EvalReport:
-    folder = train_lora_adapter(settings, profile)
-    key = hashlib.sha256(json.dumps(examples, sort_keys=True).encode()).hexdigest()[:16]
-    path = folder / f"report-transfer-{key}.json"
-    if path.exists():
-        return EvalReport([ScoredExample(**row) for row in json.loads(path.read_text())])
-    report = evaluate_model(load_adapted_model(settings, profile), tokenizer, examples)
-    path.write_text(json.dumps([asdict(r) for r in report.results]))
-    return report
-
-
 def calibrate(steps: list[int | None], n: int | None, skip_base: bool = False) -> None:
     profile = detect()
     print(profile)
     examples = evenly_spaced(load_examples("sql", "test"), n)
     transfer = load_transfer_examples()
-    tokenizer = load_tokenizer()
     start = time.perf_counter()
     if skip_base:  # while iterating on the data: every answer counted wrong, nothing generated
         base = EvalReport([ScoredExample(e["id"], False, 0.0, "skipped", "", e["group"]) for e in examples])
         base_transfer = EvalReport([ScoredExample(e["id"], False, 0.0, "skipped", "", e["group"]) for e in transfer])
     else:
-        base = cached_base_report(load_model, tokenizer, examples, "test")
-        base_transfer = cached_base_report(load_model, tokenizer, transfer, "transfer")
+        base = base_report("sql", "test", n, profile)
+        base_transfer = base_report("sql", TRANSFER_SPLIT, None, profile)
     base_seconds = time.perf_counter() - start
 
     rows = [table_row("base SmolLM2-135M-Instruct", base, base_transfer, f"eval {base_seconds:.0f} s (0 if cached)")]
@@ -112,7 +85,7 @@ def calibrate(steps: list[int | None], n: int | None, skip_base: bool = False) -
             profile, steps=step_count)
         log = read_train_log(train_lora_adapter(settings, profile))
         report = adapter_report(settings, "test", n, profile)
-        transfer_report = adapter_transfer_report(settings, profile, tokenizer, transfer)
+        transfer_report = adapter_report(settings, TRANSFER_SPLIT, None, profile)
         name = f"LoRA, {settings.steps} steps"
         reports[name] = report
         rows.append(table_row(name, report, transfer_report,

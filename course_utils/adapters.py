@@ -230,6 +230,20 @@ def adapter_example_losses(settings: AdapterSettings, split: str = "validation",
     return ExampleLosses.of(*computed_once(folder / f"losses-{split}-{n or 'all'}.json", score))
 
 
+TRANSFER_SPLIT = "transfer"  # the hand-written transfer check (data/transfer/), scored like a split
+
+
+def split_examples(task: str, split: str, n: int | None = None) -> list[dict]:
+    """`n` evenly spaced examples of `split` (None: all); split "transfer" is the hand-written SQL check."""
+    from .data import evenly_spaced, load_transfer_examples
+
+    if split == TRANSFER_SPLIT:
+        if task != "sql":
+            raise ValueError(f"the transfer check is SQL only; task={task!r} has the splits train, validation, test.")
+        return evenly_spaced(load_transfer_examples(), n)
+    return evenly_spaced(load_examples(task, split), n)
+
+
 def computed_once(path: Path, compute):
     """`compute()`'s JSON-able result, stored at `path` the first time and read back after.
 
@@ -249,12 +263,11 @@ def base_report(task: str = "sql", split: str = "test", n: int | None = None,
     "Before training" is the same generation in every lesson and solution that
     shows it, and on a CPU it costs minutes; it runs once per cache.
     """
-    from .data import evenly_spaced
     from .evaluate import ScoredExample
     from .models import TINY_MODEL_ID, load_model, load_tokenizer
 
     profile = profile or detect()
-    examples = evenly_spaced(load_examples(task, split), n)
+    examples = split_examples(task, split, n)
     key = settings_key({"examples": examples, "model": TINY_MODEL_ID, "device": profile.kind})
     rows = computed_once(cache_dir("base") / f"report-{task}-{split}-{n or 'all'}-{key}.json", lambda: [
         asdict(r) for r in evaluate_model(load_model(profile=profile), load_tokenizer(), examples).results])
@@ -297,22 +310,24 @@ def load_adapted_model(settings: AdapterSettings, profile: HardwareProfile | Non
 
 def adapter_report(settings: AdapterSettings, split: str = "test", n: int | None = None,
                    profile: HardwareProfile | None = None, model=None, tokenizer=None) -> EvalReport:
-    """Score the adapter for `settings` on `n` evenly spaced examples of `split`; cached.
+    """Score the adapter for `settings` on `n` evenly spaced examples of `split` (or "transfer"); cached.
 
     Generation is the slow part of evaluation on a CPU, so the scored report
     is stored next to the adapter and reused by later notebooks and re-runs.
     """
-    from .data import evenly_spaced
     from .evaluate import ScoredExample
     from .models import TINY_MODEL_ID, load_tokenizer
 
     folder = train_lora_adapter(settings, profile)
+    examples = split_examples(settings.task, split, n)
 
     def score():
-        examples = evenly_spaced(load_examples(settings.task, split), n)
         scored = model if model is not None else load_adapted_model(settings, profile)
         report = evaluate_model(scored, tokenizer or load_tokenizer(settings.model_id or TINY_MODEL_ID), examples)
         return [asdict(r) for r in report.results]
 
-    rows = computed_once(folder / f"report-{split}-{n or 'all'}.json", score)
+    # The generated splits are fixed by the training data (part of the adapter's key); the hand-written
+    # transfer questions can change on their own, so their report is keyed by their content.
+    name = f"{split}-{n or 'all'}" + (f"-{settings_key({'examples': examples})}" if split == TRANSFER_SPLIT else "")
+    rows = computed_once(folder / f"report-{name}.json", score)
     return EvalReport([ScoredExample(**row) for row in rows])
