@@ -132,16 +132,19 @@ def train_lora_adapter(settings: AdapterSettings, profile: HardwareProfile | Non
     return folder
 
 
-def train_adapter(settings: AdapterSettings, profile: HardwareProfile, output_dir: str | Path, base=None,
-                  lora_changes: dict | None = None, before_training=None):
+def train_adapter(settings: AdapterSettings, profile: HardwareProfile, output_dir: str | Path | None, base=None,
+                  lora_changes: dict | None = None, before_training=None, make_features=None,
+                  validation_curve: bool = True):
     """Train the LoRA run `settings` describes; return (the PEFT model, the trainer's `TrainResult`).
 
     The one training path of the course's adapters: a fresh base (or `base`),
     fp32 norms where the hardware needs them, the seed set before LoRA's A is
-    drawn, the validation curve. `lora_changes` replaces `LoraConfig` fields
-    (DoRA, PiSSA) and `before_training(model)` edits the start (LoftQ), so a
-    variant differs from the cached adapter in that one thing only
-    (benchmarks/lora_variants.py). Checkpoints go to `output_dir`.
+    drawn, the validation curve (skip it with `validation_curve=False`).
+    `lora_changes` replaces `LoraConfig` fields (DoRA, PiSSA),
+    `before_training(model)` edits the start (LoftQ) and `make_features` the
+    labels (lesson 04 labels the prompt too), so a variant differs from the
+    cached adapter in that one thing only (lesson 04, benchmarks/lora_variants.py).
+    Checkpoints go to `output_dir` (None: a scratch folder, no checkpoints kept).
     """
     from peft import get_peft_model
 
@@ -161,7 +164,8 @@ def train_adapter(settings: AdapterSettings, profile: HardwareProfile, output_di
     config = settings.train_config(checkpoint_every=max(10, settings.steps // 4),
                                    eval_every=max(1, settings.steps // VALIDATION_POINTS))
     result = train_with_trainer(model, tokenizer, examples, config, output_dir=output_dir,
-                                eval_examples=validation, profile=profile)
+                                eval_examples=validation if validation_curve else None, profile=profile,
+                                **({"make_features": make_features} if make_features is not None else {}))
     return model, result
 
 

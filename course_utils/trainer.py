@@ -21,6 +21,7 @@ run on a rented GPU needs, and nothing else:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -294,7 +295,8 @@ def build_trainer(model, features: Sequence[dict], config: TrainConfig, pad_id: 
 
 def train_with_trainer(model, tokenizer, examples: Sequence[dict], config: TrainConfig,
                        output_dir: str | os.PathLike | None = None, eval_examples: Sequence[dict] | None = None,
-                       stop_after: int | None = None, profile: HardwareProfile | None = None) -> TrainResult:
+                       stop_after: int | None = None, profile: HardwareProfile | None = None,
+                       make_features=training_features) -> TrainResult:
     """Train the parameters of `model` that require grad, with transformers' Trainer.
 
     The same contract as `course_utils.train.train`: with `output_dir`, a run that
@@ -302,10 +304,13 @@ def train_with_trainer(model, tokenizer, examples: Sequence[dict], config: Train
     once, its adapter loaded), and one that finds another run's checkpoint
     stops with an error before touching anything. `eval_examples` and
     `config.eval_every` record the validation answer loss for a validation curve.
+    `make_features(tokenizer, example, max_length)` turns an example into input
+    ids and labels (default: the prompt masked); lesson 04 trains one variant
+    that labels the prompt too.
     """
     profile = profile or detect()
     _, _, StopAfter, ValidationLoss = _trainer_classes()
-    features = [training_features(tokenizer, e, config.max_length) for e in examples]
+    features = [make_features(tokenizer, e, config.max_length) for e in examples]
     if len(features) < config.batch_size:
         raise ValueError(f"{len(features)} examples cannot fill one batch of {config.batch_size}; lower batch_size.")
     if not any(p.requires_grad for p in model.parameters()):
@@ -316,6 +321,8 @@ def train_with_trainer(model, tokenizer, examples: Sequence[dict], config: Train
     folder = Path(output_dir) if output_dir is not None else None
     if folder is not None:
         signature = run_signature(model, config, examples)
+        if make_features is not training_features:  # other labels on the same examples: another run
+            signature["data_sha256"] = hashlib.sha256(json.dumps(features).encode()).hexdigest()
         folder.mkdir(parents=True, exist_ok=True)
         check_same_run(folder, signature)
         (folder / RUN_FILE).write_text(json.dumps(signature, indent=1))

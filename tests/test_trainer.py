@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from course_utils import trainer as trainer_module
-from course_utils.data import load_examples
+from course_utils.data import load_examples, training_features
 from course_utils.hardware import HardwareProfile
 from course_utils.models import load_model, load_tokenizer
 from course_utils.train import TrainConfig, answer_loss, trainable_state
@@ -86,11 +86,17 @@ def test_a_finished_run_that_ended_inside_an_epoch_is_not_trained_further(tmp_pa
     assert all(torch.equal(trained[n], loaded[n]) for n in trained)
 
 
+def every_token_labelled(tokenizer, example, max_length):
+    features = training_features(tokenizer, example, max_length)
+    return {"input_ids": features["input_ids"], "labels": list(features["input_ids"])}
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(config=dict(learning_rate=2e-3)), "learning_rate"),
     (dict(model=dict(r=4)), "trainable parameters"),  # rank 2 checkpoint, rank 4 model
     (dict(model=dict(targets=("q_proj", "v_proj", "k_proj"))), "trainable parameters"),
     (dict(data=True), "training data"),
+    (dict(labels=True), "training data"),  # the same examples, the prompt labelled too (lesson 04's variant)
 ])
 def test_a_folder_holding_another_run_is_refused_before_anything_changes(tmp_path, tokenizer, examples, change,
                                                                          message):
@@ -98,13 +104,24 @@ def test_a_folder_holding_another_run_is_refused_before_anything_changes(tmp_pat
     model = lora_model(seed=5, **change.get("model", {}))
     before = trainable_state(model)
     data = load_examples("sql", "train", limit=10)[2:] if change.get("data") else examples
+    labels = {"make_features": every_token_labelled} if change.get("labels") else {}
     with pytest.raises(ValueError, match=f"other settings.*{message}.*fresh output folder"):
-        train_with_trainer(model, tokenizer, data, config(**change.get("config", {})), output_dir=tmp_path)
+        train_with_trainer(model, tokenizer, data, config(**change.get("config", {})), output_dir=tmp_path, **labels)
     after = trainable_state(model)
     assert all(torch.equal(before[n], after[n]) for n in before)  # refused before touching any weight
     # more steps is the same run, continued
     more = train_with_trainer(lora_model(seed=9), tokenizer, examples, config(steps=STEPS + 1), output_dir=tmp_path)
     assert more.resumed_from == 2 and len(more.losses) == STEPS + 1
+
+
+def test_make_features_decides_the_labels_the_loss_reads(tokenizer, examples):
+    """Lesson 04 trains its unmasked variant through the same path: the labels, not the tokens, differ."""
+    masked = train_with_trainer(lora_model(), tokenizer, examples, config(), stop_after=1)
+    unmasked = train_with_trainer(lora_model(), tokenizer, examples, config(), stop_after=1,
+                                  make_features=every_token_labelled)
+    assert len(masked.losses) == len(unmasked.losses) == 1
+    assert masked.tokens == unmasked.tokens  # the same input ids
+    assert unmasked.losses[0] != pytest.approx(masked.losses[0], rel=1e-3)  # the loss reads other labels
 
 
 def test_checkpoints_without_settings_are_refused(tmp_path, tokenizer, examples):
