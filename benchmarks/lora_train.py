@@ -28,10 +28,11 @@ import types
 
 import torch
 
+from course_utils import train as train_module
+from course_utils.adapters import course_adapter_settings, lora_config
 from course_utils.data import load_examples, training_features
 from course_utils.models import load_model, load_tokenizer
-from course_utils import train as train_module
-from course_utils.train import TrainConfig, batch_indices, course_adapter_settings, lora_config, train
+from course_utils.train import TrainConfig, batch_indices, train
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 

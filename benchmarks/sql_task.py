@@ -23,13 +23,13 @@ import random
 import statistics
 import time
 
+from course_utils.adapters import (TRANSFER_SPLIT, adapter_report, base_report, course_adapter_settings,
+                                   read_train_log, train_lora_adapter)
 from course_utils.data import (GROUPS, SCHEMA_STYLES, evenly_spaced, load_examples, load_transfer_examples,
                                schema_text, training_features)
 from course_utils.evaluate import EvalReport, ScoredExample
 from course_utils.hardware import detect
 from course_utils.models import load_model, load_tokenizer
-from course_utils.adapters import TRANSFER_SPLIT, base_report
-from course_utils.train import adapter_report, course_adapter_settings, read_train_log, train_lora_adapter
 
 
 def binomial_se(p: float, n: int) -> float:
@@ -137,7 +137,7 @@ def measure_formats(steps: int, batch_size: int) -> None:
     import torch
     from peft import get_peft_model
 
-    from course_utils.train import lora_config
+    from course_utils.adapters import lora_config
 
     profile = detect()
     tokenizer = load_tokenizer()

@@ -14,13 +14,11 @@ precision), which takes the same `TrainConfig`.
 Neighbours: `course_utils.answers` (the answer-loss yardstick, generation),
 `course_utils.adapters` (the cached course adapters and the comparison
 budget), `course_utils.full_finetune` (lesson 02's cached full fine-tune).
-Their names stay importable from here, as the notebooks import them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import math
 import random
@@ -322,30 +320,3 @@ def train(model, tokenizer, examples: Sequence[dict], config: TrainConfig, outpu
         save_checkpoint(folder, model, optimizer, scheduler, end, losses, signature, validation)
     model.eval()
     return result
-
-
-# Names that live in the neighbouring modules, importable from here as before (PEP 562).
-_MOVED = {
-    "answers": (
-        "answer_token_losses", "answer_loss", "generation_batch_size", "generate_answers",
-        "evaluate_model",
-    ),
-    "adapters": (
-        "TARGET_SETS", "AdapterSettings", "lora_config", "load_base_for", "adapter_dir",
-        "VALIDATION_EXAMPLES", "VALIDATION_POINTS", "train_lora_adapter", "read_train_log",
-        "course_adapter_settings", "SEEDS", "YARDSTICK_EXAMPLES", "experiment_settings",
-        "adapter_example_losses", "load_adapted_model", "adapter_report",
-    ),
-    "full_finetune": (
-        "FULL_FINETUNE_FILE", "full_finetune_settings", "full_finetune_config",
-        "mark_full_finetune_trainable", "full_finetune_dir", "train_full_finetune", "read_delta_w",
-        "load_full_finetune", "full_finetune_example_losses",
-    ),
-}
-
-
-def __getattr__(name: str):
-    for module, names in _MOVED.items():
-        if name in names:
-            return getattr(importlib.import_module(f"{__package__}.{module}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,10 +33,11 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .answers import answer_loss
 from .data import training_features
 from .hardware import HardwareProfile, detect
-from .train import (TrainConfig, TrainResult, answer_loss, collate, other_run_error, run_signature,
-                    signature_differences, undo_cpu_inference_packing)
+from .train import (TrainConfig, TrainResult, collate, other_run_error, run_signature, signature_differences,
+                    undo_cpu_inference_packing)
 
 RUN_FILE = "course_run.json"  # the settings a checkpoint folder belongs to
 KEEP_CHECKPOINTS = 2

@@ -75,7 +75,7 @@ def test_adapter_params():
 
 def fake_truncations(monkeypatch, rank1_level: float) -> dict:
     """Stand-ins for two seeds of the cached full fine-tune: per-question losses by rank, and a ΔW for spectra."""
-    from course_utils import train
+    from course_utils import full_finetune
     from course_utils.compare import ExampleLosses
 
     counts = [10 + i % 7 for i in range(40)]
@@ -88,11 +88,11 @@ def fake_truncations(monkeypatch, rank1_level: float) -> dict:
     levels = {0: 2.0, None: 0.9, 8: 1.0, 1: rank1_level}
     g = torch.Generator().manual_seed(0)
     delta = {"m": torch.randn(12, 2, generator=g) @ torch.randn(2, 16, generator=g)}
-    monkeypatch.setattr(train, "full_finetune_example_losses",
+    monkeypatch.setattr(full_finetune, "full_finetune_example_losses",
                         lambda settings, rank=None, **kw: losses(levels[rank], settings["seed"] if rank != 0 else 0,
                                                                              0.05 * (rank == 1)))
-    monkeypatch.setattr(train, "full_finetune_dir", lambda settings: "folder")
-    monkeypatch.setattr(train, "read_delta_w", lambda folder: delta)
+    monkeypatch.setattr(full_finetune, "full_finetune_dir", lambda settings: "folder")
+    monkeypatch.setattr(full_finetune, "read_delta_w", lambda folder: delta)
     return {rank: [losses(level, seed if rank != 0 else 0, 0.05 * (rank == 1)).mean for seed in (0, 1)]
             for rank, level in levels.items()}  # the base model (rank 0) is the same for every seed
 

@@ -8,7 +8,7 @@ of the check's own code.
 import pytest
 from torch import nn
 
-import course_utils.train as train_module
+import course_utils.adapters as adapters_module
 
 from course_utils import checks
 from course_utils.checks import NOT_ATTEMPTED, WRONG
@@ -88,8 +88,8 @@ def rslora_run(monkeypatch):
         return changes
 
     def use(result):
-        monkeypatch.setattr(train_module, "experiment_settings", fake_settings)
-        monkeypatch.setattr(train_module, "adapter_example_losses", lambda settings, profile=None: result)
+        monkeypatch.setattr(adapters_module, "experiment_settings", fake_settings)
+        monkeypatch.setattr(adapters_module, "adapter_example_losses", lambda settings, profile=None: result)
         return asked
 
     return use

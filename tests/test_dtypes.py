@@ -74,7 +74,7 @@ def test_histogram_helper_accepts_16bit_tensors(weight, dtype):
 def test_answer_loss_of_a_16bit_model_is_close_to_fp32(dtype):
     from course_utils.data import load_examples
     from course_utils.models import load_model, load_tokenizer
-    from course_utils.train import answer_loss
+    from course_utils.answers import answer_loss
 
     tokenizer, examples = load_tokenizer(), load_examples("sql", "validation", limit=4)
     reference = answer_loss(load_model(dtype=torch.float32, device="cpu"), tokenizer, examples)

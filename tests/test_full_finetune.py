@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from course_utils import full_finetune as full_finetune_module
-from course_utils import train as train_module
+from course_utils import adapters as adapters_module
+from course_utils.adapters import read_train_log
+from course_utils.answers import answer_token_losses
 from course_utils.data import evenly_spaced, load_examples
+from course_utils.full_finetune import (full_finetune_config, full_finetune_dir, full_finetune_example_losses,
+                                        full_finetune_settings, load_full_finetune,
+                                        mark_full_finetune_trainable, read_delta_w, train_full_finetune)
 from course_utils.models import load_model, load_tokenizer
-from course_utils.train import (answer_token_losses, full_finetune_config, full_finetune_dir,
-                                full_finetune_example_losses, full_finetune_settings, load_full_finetune,
-                                mark_full_finetune_trainable, read_delta_w, read_train_log, train_full_finetune)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def test_settings_are_lesson_02s_and_refuse_unknown_knobs():
     with pytest.raises(ValueError, match="Unknown full fine-tune setting"):
         full_finetune_settings(rank=8)
     config = full_finetune_config(full_finetune_settings(steps=30))
-    assert config.eval_every == 30 // train_module.VALIDATION_POINTS  # the adapters' validation points
+    assert config.eval_every == 30 // adapters_module.VALIDATION_POINTS  # the adapters' validation points
 
 
 def test_only_the_target_weights_train(base):

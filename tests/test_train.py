@@ -9,10 +9,11 @@ import torch
 
 from course_utils import adapters as adapters_module
 from course_utils import trainer as trainer_module
+from course_utils.adapters import AdapterSettings, adapter_dir, read_train_log, train_lora_adapter
 from course_utils.data import evenly_spaced, load_examples
 from course_utils.models import load_model, load_tokenizer
-from course_utils.train import (CHECKPOINT_FILE, AdapterSettings, TrainConfig, adapter_dir, batch_indices,
-                                learning_rate_factor, read_train_log, train, train_lora_adapter, trainable_state)
+from course_utils.train import (CHECKPOINT_FILE, TrainConfig, batch_indices, learning_rate_factor, train,
+                                trainable_state)
 
 STEPS = 4
 # Resumed and uninterrupted runs execute the same float32 operations in the same order on the same
@@ -216,7 +217,7 @@ def test_adapter_is_cached_by_its_settings(tmp_path, monkeypatch):
 
 
 def test_the_course_loop_records_a_validation_curve(tokenizer, examples):
-    from course_utils.train import answer_loss
+    from course_utils.answers import answer_loss
 
     validation = load_examples("sql", "validation", limit=3)
     model = lora_model()
@@ -235,9 +236,9 @@ def test_two_processes_asking_for_one_adapter_train_it_once(tmp_path):
 
     script = textwrap.dedent("""
         import json, sys, time
-        from course_utils import train, trainer
-        from course_utils.train import AdapterSettings, train_lora_adapter
-        train.VALIDATION_EXAMPLES = 2  # the curve is not under test here
+        from course_utils import adapters, trainer
+        from course_utils.adapters import AdapterSettings, train_lora_adapter
+        adapters.VALIDATION_EXAMPLES = 2  # the curve is not under test here
         real, calls = trainer.train_with_trainer, []
         def counted(*args, **kwargs):
             calls.append(time.time())

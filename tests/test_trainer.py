@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from course_utils import trainer as trainer_module
+from course_utils.answers import answer_loss
 from course_utils.data import load_examples, training_features
 from course_utils.hardware import HardwareProfile
 from course_utils.models import load_model, load_tokenizer
-from course_utils.train import TrainConfig, answer_loss, trainable_state
+from course_utils.train import TrainConfig, trainable_state
 from course_utils.trainer import (NonFiniteLossError, checkpoints_in, mixed_precision, planned_dtypes,
                                   prepare_for_training, train_with_trainer)
 

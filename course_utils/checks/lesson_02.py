@@ -145,7 +145,7 @@ def check_truncation_experiment(prediction: Any, observed: Any, seed_settings: A
     """
     from ..compare import compare_runs
     from ..linalg import energy_fraction
-    from ..train import full_finetune_dir, full_finetune_example_losses, read_delta_w
+    from ..full_finetune import full_finetune_dir, full_finetune_example_losses, read_delta_w
     from .lesson_01 import _choice, _predict_observe
 
     seed_settings = list(seed_settings)

@@ -110,7 +110,7 @@ def check_rslora_experiment(prediction: Any, observed: Any, plain: Any, r: int, 
     """
     from ..compare import ExampleLosses, loss_difference
     from ..lora import lora_scaling
-    from ..train import adapter_example_losses, experiment_settings
+    from ..adapters import adapter_example_losses, experiment_settings
 
     scale_plain, scale_rs = lora_scaling(r, lora_alpha), lora_scaling(r, lora_alpha, use_rslora=True)
     mechanism = (f"At r={r} with lora_alpha={lora_alpha:g}, plain LoRA multiplies B A by {lora_alpha:g}/{r} = "
