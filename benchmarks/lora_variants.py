@@ -4,8 +4,8 @@
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 python benchmarks/lora_variants.py --arms DoRA PiSSA
 
 Every arm trains the course's comparison run (`experiment_settings`: on a CPU 12 steps of 4
-examples, r=8 on all linear layers, lr 1e-3) with one change, for each seed in `SEEDS`, through the
-same path as the cached adapters (`train_with_trainer`, the same batches for the same seed), and is
+examples, r=8 on all linear layers, the course's CPU learning rate) with one change, for each seed in
+`SEEDS`, through the same path as the cached adapters (`train_adapter`, the same batches for the same seed), and is
 scored on the same validation questions (`YARDSTICK_EXAMPLES`). `compare_runs` then says, per pair,
 whether a difference stands out of the noise (every seed, beyond two standard errors over the questions).
 
