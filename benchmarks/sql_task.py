@@ -3,6 +3,8 @@
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/sql_task.py --steps 80     # the calibration run
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/sql_task.py                # the lessons' adapter
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/sql_task.py --steps 30 80  # both, and their difference
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/sql_task.py --steps 30 80 --learning-rates 1e-3 3e-3
+                                                      # and the 80-step run at other learning rates
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/sql_task.py --formats      # prompt formats: tokens, s/step
 
 Prints markdown tables (paste them into data/README.md): accuracy overall and
@@ -22,6 +24,7 @@ import math
 import random
 import statistics
 import time
+from dataclasses import replace
 
 from course_utils.adapters import (TRANSFER_SPLIT, adapter_report, base_report, course_adapter_settings,
                                    read_train_log, train_lora_adapter)
@@ -63,7 +66,8 @@ def table_row(name: str, report: EvalReport, transfer: EvalReport, notes: str = 
             f"{cell([r.score for r in transfer.results])} | {notes} |")
 
 
-def calibrate(steps: list[int | None], n: int | None, skip_base: bool = False) -> None:
+def calibrate(steps: list[int | None], n: int | None, skip_base: bool = False,
+              learning_rates: list[float] | None = None) -> None:
     profile = detect()
     print(profile)
     examples = evenly_spaced(load_examples("sql", "test"), n)
@@ -80,13 +84,14 @@ def calibrate(steps: list[int | None], n: int | None, skip_base: bool = False) -
     rows = [table_row("base SmolLM2-135M-Instruct", base, base_transfer, f"eval {base_seconds:.0f} s (0 if cached)")]
     reports = {"base": base}
     settings = None
-    for step_count in steps:
-        settings = course_adapter_settings(profile) if step_count is None else course_adapter_settings(
-            profile, steps=step_count)
+    runs = [course_adapter_settings(profile, **({} if count is None else {"steps": count})) for count in steps]
+    # other learning rates at the longest of those step counts: is the course's rate the right one?
+    runs += [replace(max(runs, key=lambda s: s.steps), learning_rate=lr) for lr in learning_rates or []]
+    for settings in runs:
         log = read_train_log(train_lora_adapter(settings, profile))
         report = adapter_report(settings, "test", n, profile)
         transfer_report = adapter_report(settings, TRANSFER_SPLIT, None, profile)
-        name = f"LoRA, {settings.steps} steps"
+        name = f"LoRA, {settings.steps} steps, lr {settings.learning_rate:g}"
         reports[name] = report
         rows.append(table_row(name, report, transfer_report,
                               f"train {log['seconds']:.0f} s ({log['seconds'] / settings.steps:.1f} s/step), "
@@ -190,6 +195,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="*", default=None,
                         help="LoRA steps of the adapters to compare (default: the course adapter's)")
     parser.add_argument("--n", type=int, default=None, help="test examples, evenly spaced (default: all)")
+    parser.add_argument("--learning-rates", type=float, nargs="*", default=None,
+                        help="also train the longest --steps run at these learning rates (the course's is the default)")
     parser.add_argument("--formats", action="store_true", help="measure the prompt's schema formats instead")
     parser.add_argument("--skip-base", action="store_true", help="do not score the base model (data iterations)")
     parser.add_argument("--format-steps", type=int, default=8, help="training steps per format (with --formats)")
@@ -197,7 +204,7 @@ def main() -> None:
     if args.formats:
         measure_formats(args.format_steps, 8)
     else:
-        calibrate(args.steps or [None], args.n, args.skip_base)
+        calibrate(args.steps or [None], args.n, args.skip_base, args.learning_rates)
 
 
 if __name__ == "__main__":
