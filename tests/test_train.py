@@ -289,7 +289,9 @@ def test_base_model_results_are_computed_once_per_question_set(tmp_path, monkeyp
     assert scored == [(None, False), ("nf4", True)]  # each storage format scored once
 
 
-def test_adapter_results_are_computed_once_and_kept_next_to_the_adapter(tmp_path, monkeypatch):
+@pytest.fixture
+def adapter_without_model(tmp_path, monkeypatch):
+    """Stand-ins for an adapter "trained" into tmp_path: nothing loaded; returns the log of what was computed."""
     from course_utils.evaluate import EvalReport, ScoredExample
 
     calls = []
@@ -297,34 +299,31 @@ def test_adapter_results_are_computed_once_and_kept_next_to_the_adapter(tmp_path
     monkeypatch.setattr(adapters_module, "load_adapted_model", lambda settings, profile=None: "adapted")
     monkeypatch.setattr("course_utils.models.load_tokenizer", lambda *args, **kwargs: "tokenizer")
     monkeypatch.setattr(adapters_module, "answer_token_losses", lambda model, tokenizer, examples: (
-        calls.append("losses") or ([0.5] * len(examples), [1] * len(examples))))
+        calls.append(("losses", [e["id"] for e in examples])) or ([0.5] * len(examples), [1] * len(examples))))
     monkeypatch.setattr(adapters_module, "evaluate_model", lambda model, tokenizer, examples: (
-        calls.append("report") or EvalReport([ScoredExample(e["id"], False, 0.0, "error", "", e["group"])
-                                              for e in examples])))
+        calls.append(("report", [e["id"] for e in examples])) or EvalReport(
+            [ScoredExample(e["id"], False, 0.0, "error", "", e["group"]) for e in examples])))
+    return calls
+
+
+def test_adapter_results_are_computed_once_and_kept_next_to_the_adapter(tmp_path, adapter_without_model):
     settings = AdapterSettings(steps=2, batch_size=2)
     losses = [adapters_module.adapter_example_losses(settings, n=5) for _ in range(2)]
     reports = [adapters_module.adapter_report(settings, n=3) for _ in range(2)]
-    assert calls == ["losses", "report"] and losses[0] == losses[1] and losses[0].mean == pytest.approx(0.5)
+    assert [what for what, _ in adapter_without_model] == ["losses", "report"]
+    assert losses[0] == losses[1] and losses[0].mean == pytest.approx(0.5)
     assert reports[0].results == reports[1].results and len(reports[0].results) == 3
     assert sorted(p.name for p in tmp_path.glob("*.json")) == ["losses-validation-5.json", "report-test-3.json"]
 
 
-def test_the_transfer_check_is_scored_like_a_split_and_keyed_by_its_questions(tmp_path, monkeypatch):
+def test_the_transfer_check_is_scored_like_a_split_and_keyed_by_its_questions(tmp_path, adapter_without_model):
     """benchmarks/sql_task.py scores the hand-written check through the same cached reports as the test split."""
     from course_utils.data import load_transfer_examples
-    from course_utils.evaluate import EvalReport, ScoredExample
 
-    scored = []
-    monkeypatch.setattr(adapters_module, "train_lora_adapter", lambda settings, profile=None: tmp_path)
-    monkeypatch.setattr(adapters_module, "load_adapted_model", lambda settings, profile=None: "adapted")
-    monkeypatch.setattr("course_utils.models.load_tokenizer", lambda *args, **kwargs: "tokenizer")
-    monkeypatch.setattr(adapters_module, "evaluate_model", lambda model, tokenizer, examples: (
-        scored.append([e["id"] for e in examples]) or EvalReport([ScoredExample(e["id"], True, 1.0, "match", "", e["group"])
-                                                                  for e in examples])))
     questions = load_transfer_examples()
     for _ in range(2):
         report = adapters_module.adapter_report(AdapterSettings(steps=2, batch_size=2), adapters_module.TRANSFER_SPLIT)
-    assert scored == [[e["id"] for e in questions]]  # once, on every hand-written question
+    assert adapter_without_model == [("report", [e["id"] for e in questions])]  # once, on every hand-written question
     assert {r.group for r in report.results} == {"transfer"} and len(report.results) == len(questions)
     (name,) = [p.name for p in tmp_path.glob("report-transfer-*.json")]
     assert name != "report-transfer-all.json"  # an edited check gets a new report, not the stale one
