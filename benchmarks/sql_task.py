@@ -83,7 +83,6 @@ def calibrate(steps: list[int | None], n: int | None, skip_base: bool = False,
 
     rows = [table_row("base SmolLM2-135M-Instruct", base, base_transfer, f"eval {base_seconds:.0f} s (0 if cached)")]
     reports = {"base": base}
-    settings = None
     runs = [course_adapter_settings(profile, **({} if count is None else {"steps": count})) for count in steps]
     # other learning rates at the longest of those step counts: is the course's rate the right one?
     runs += [replace(max(runs, key=lambda s: s.steps), learning_rate=lr) for lr in learning_rates or []]
@@ -112,9 +111,11 @@ def calibrate(steps: list[int | None], n: int | None, skip_base: bool = False,
                                        for r, e in zip(transfer_report.results, transfer)))
         print("  failure reasons:", dict(report.reasons()))
 
+    course = runs[0]
     print(f"\nSQL test split, {len(examples)} examples ({', '.join(f'{g} {len(s)}' for g, s in group_scores(base).items())}"
-          f"), transfer check {len(transfer)} questions; {profile.kind} ({profile.name}); LoRA r={settings.r}, "
-          f"alpha={settings.lora_alpha}, {settings.targets}, batch {settings.batch_size}, lr {settings.learning_rate}. "
+          f"), transfer check {len(transfer)} questions; {profile.kind} ({profile.name}); LoRA r={course.r}, "
+          f"alpha={course.lora_alpha}, {course.targets}, batch {course.batch_size}, the course's lr {course.learning_rate:g} "
+          "unless the row names another. "
           "Cells: accuracy ± binomial standard error.\n")
     print("| model | overall | seen | held-out template | held-out database | transfer (hand-written) | notes |")
     print("|---|---|---|---|---|---|---|")
@@ -123,8 +124,11 @@ def calibrate(steps: list[int | None], n: int | None, skip_base: bool = False,
     print("\nPaired differences on the same questions (points, ± standard error of the mean difference):\n")
     print("| comparison | overall | " + " | ".join(GROUPS) + " |")
     print("|---|---|" + "---|" * len(GROUPS))
-    names = list(reports)
-    pairs = [("base", name) for name in names[1:]] + list(zip(names[1:], names[2:]))
+    names = list(reports)[1:]
+    by_steps, by_rate = names[:len(steps)], names[len(steps):]
+    longest = by_steps[max(range(len(steps)), key=lambda i: runs[i].steps)]
+    pairs = ([("base", name) for name in names] + list(zip(by_steps, by_steps[1:]))
+             + [(longest, name) for name in by_rate])  # each other rate against the course's
     for a, b in pairs:
         ga, gb = group_scores(reports[a]), group_scores(reports[b])
         diffs = [paired_difference([r.score for r in reports[a].results], [r.score for r in reports[b].results])]
