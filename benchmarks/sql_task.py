@@ -84,8 +84,9 @@ def calibrate(steps: list[int | None], n: int | None, skip_base: bool = False,
     rows = [table_row("base SmolLM2-135M-Instruct", base, base_transfer, f"eval {base_seconds:.0f} s (0 if cached)")]
     reports = {"base": base}
     runs = [course_adapter_settings(profile, **({} if count is None else {"steps": count})) for count in steps]
+    longest = max(range(len(runs)), key=lambda i: runs[i].steps)
     # other learning rates at the longest of those step counts: is the course's rate the right one?
-    runs += [replace(max(runs, key=lambda s: s.steps), learning_rate=lr) for lr in learning_rates or []]
+    runs += [replace(runs[longest], learning_rate=lr) for lr in learning_rates or []]
     for settings in runs:
         log = read_train_log(train_lora_adapter(settings, profile))
         report = adapter_report(settings, "test", n, profile)
@@ -126,9 +127,8 @@ def calibrate(steps: list[int | None], n: int | None, skip_base: bool = False,
     print("|---|---|" + "---|" * len(GROUPS))
     names = list(reports)[1:]
     by_steps, by_rate = names[:len(steps)], names[len(steps):]
-    longest = by_steps[max(range(len(steps)), key=lambda i: runs[i].steps)]
     pairs = ([("base", name) for name in names] + list(zip(by_steps, by_steps[1:]))
-             + [(longest, name) for name in by_rate])  # each other rate against the course's
+             + [(by_steps[longest], name) for name in by_rate])  # each other rate against the course's
     for a, b in pairs:
         ga, gb = group_scores(reports[a]), group_scores(reports[b])
         diffs = [paired_difference([r.score for r in reports[a].results], [r.score for r in reports[b].results])]

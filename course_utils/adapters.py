@@ -148,7 +148,7 @@ def train_adapter(settings: AdapterSettings, profile: HardwareProfile, output_di
     """
     from peft import get_peft_model
 
-    from .data import evenly_spaced
+    from .data import training_features
     from .models import TINY_MODEL_ID, load_tokenizer
     from .trainer import prepare_for_training, train_with_trainer
 
@@ -160,12 +160,12 @@ def train_adapter(settings: AdapterSettings, profile: HardwareProfile, output_di
     if before_training is not None:
         before_training(model)
     examples = load_examples(settings.task, "train")
-    validation = evenly_spaced(load_examples(settings.task, "validation"), VALIDATION_EXAMPLES)
+    validation = split_examples(settings.task, "validation", VALIDATION_EXAMPLES)
     config = settings.train_config(checkpoint_every=max(10, settings.steps // 4),
                                    eval_every=max(1, settings.steps // VALIDATION_POINTS))
     result = train_with_trainer(model, tokenizer, examples, config, output_dir=output_dir,
                                 eval_examples=validation if validation_curve else None, profile=profile,
-                                **({"make_features": make_features} if make_features is not None else {}))
+                                make_features=make_features or training_features)
     return model, result
 
 
@@ -222,7 +222,6 @@ def adapter_example_losses(settings: AdapterSettings, split: str = "validation",
     estimates the noise from these per-question values and from the seeds.
     """
     from .compare import ExampleLosses
-    from .data import evenly_spaced
     from .models import TINY_MODEL_ID, load_tokenizer
 
     profile = profile or detect()
@@ -230,7 +229,7 @@ def adapter_example_losses(settings: AdapterSettings, split: str = "validation",
     folder = train_lora_adapter(settings, profile)
 
     def score():
-        examples = evenly_spaced(load_examples(settings.task, split), n)
+        examples = split_examples(settings.task, split, n)
         scored = model if model is not None else load_adapted_model(settings, profile)
         return [list(values) for values in answer_token_losses(
             scored, load_tokenizer(settings.model_id or TINY_MODEL_ID), examples)]
@@ -292,13 +291,12 @@ def base_example_losses(task: str = "sql", split: str = "validation", n: int | N
     reads this one computation.
     """
     from .compare import ExampleLosses
-    from .data import evenly_spaced
     from .models import TINY_MODEL_ID, load_tokenizer
     from .qlora import load_format
 
     profile = profile or detect()
     n = profile.pick(cpu=n, gpu=None)
-    examples = evenly_spaced(load_examples(task, split), n)
+    examples = split_examples(task, split, n)
     key = settings_key({"examples": examples, "model": TINY_MODEL_ID, "device": profile.kind,
                         "quantization": quantization, "double_quant": double_quant})
     sums, counts = computed_once(cache_dir("base") / f"losses-{task}-{split}-{n or 'all'}-{key}.json", lambda: [
