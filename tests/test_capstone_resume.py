@@ -3,8 +3,9 @@
 This is the capstone's promise for a Colab disconnect: `train_with_trainer(...,
 output_dir=...)` (transformers' Trainer) checkpoints the adapter, the optimizer,
 the schedule, the RNG states and the data position, so a second call continues
-the same run. We check it on the tiny model in NF4 + double
-quantization (QLoRA, as in the capstone), batch 2, 6 steps, interrupted after 3:
+the same run. We check it on the two-layer mini model (tests/mini_model.py, loaded as the
+course's model id) in NF4 + double quantization (QLoRA, as in the capstone), batch 2, 6
+steps, interrupted after 3:
 
 - the resumed run reports `resumed_from == 2` (checkpoints every 2 steps: step 3 was lost
   with the runtime) and trains the 4 missing steps;
@@ -19,9 +20,10 @@ from peft import get_peft_model
 from course_utils.capstone import QLoRARecipe
 from course_utils.data import load_examples
 from course_utils.hardware import detect
-from course_utils.models import TINY_MODEL_ID, load_model, load_tokenizer
+from course_utils.models import MODEL_DIR_ENV, TINY_MODEL_ID, load_model, load_tokenizer
 from course_utils.train import TrainConfig, trainable_state
 from course_utils.trainer import checkpoints_in, prepare_for_training, train_with_trainer
+from mini_model import mini_model_dir
 
 LOSS_TOLERANCE = 1e-5  # absolute, per step
 WEIGHT_TOLERANCE = 1e-6  # absolute, per adapter weight
@@ -37,7 +39,8 @@ def _fresh_qlora_model():
     return get_peft_model(base, QLoRARecipe(model_id=TINY_MODEL_ID).lora_config())
 
 
-def test_interrupted_qlora_run_resumes_to_the_same_result(tmp_path):
+def test_interrupted_qlora_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+    monkeypatch.setenv(MODEL_DIR_ENV, str(mini_model_dir()))  # resuming is mechanics: the mini model's weights
     tokenizer = load_tokenizer()
     examples = load_examples("sql", "train", limit=12)
     config = TrainConfig(steps=STEPS, batch_size=2, learning_rate=1e-3, warmup_steps=2, checkpoint_every=2,

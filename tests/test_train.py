@@ -1,7 +1,8 @@
 """The course training loop: resume equals an uninterrupted run, seeded batches, clear errors, adapter cache.
 
-Runs on the tiny model with a rank-2 LoRA on q_proj and v_proj, 8 examples,
-batch 2 and 4 steps, so each training run takes a few seconds on a CPU.
+Runs on the two-layer mini model (tests/mini_model.py: the course's loading path, SmolLM2's
+architecture and vocabulary, random weights) with a rank-2 LoRA on q_proj and v_proj, 8
+examples, batch 2 and 4 steps: every assertion here is about mechanics, not knowledge.
 """
 
 import pytest
@@ -11,9 +12,10 @@ from course_utils import adapters as adapters_module
 from course_utils import trainer as trainer_module
 from course_utils.adapters import AdapterSettings, adapter_dir, read_train_log, train_lora_adapter
 from course_utils.data import evenly_spaced, load_examples
-from course_utils.models import load_model, load_tokenizer
+from course_utils.models import MODEL_DIR_ENV, load_tokenizer
 from course_utils.train import (CHECKPOINT_FILE, TrainConfig, batch_indices, learning_rate_factor, train,
                                 trainable_state)
+from mini_model import load_mini_model, mini_model_dir
 
 STEPS = 4
 # Resumed and uninterrupted runs execute the same float32 operations in the same order on the same
@@ -36,7 +38,7 @@ def lora_model(seed: int = 0):
 
     torch.manual_seed(seed)  # LoRA's A is drawn at random: same seed, same start
     config = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    return get_peft_model(load_model(), config)
+    return get_peft_model(load_mini_model(), config)
 
 
 def config(**changes):
@@ -76,7 +78,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path, tokenizer, examples):
     from peft import LoraConfig, get_peft_model
 
     train(lora_model(), tokenizer, examples, config(), output_dir=tmp_path, stop_after=1)
-    other = get_peft_model(load_model(), LoraConfig(r=2, target_modules=["k_proj"], task_type="CAUSAL_LM"))
+    other = get_peft_model(load_mini_model(), LoraConfig(r=2, target_modules=["k_proj"], task_type="CAUSAL_LM"))
     with pytest.raises(ValueError, match="fresh output folder"):
         train(other, tokenizer, examples, config(), output_dir=tmp_path)
 
@@ -90,7 +92,7 @@ def test_resume_refuses_other_settings_before_touching_weights(tmp_path, tokeniz
 
     def model_of_rank(r):
         torch.manual_seed(0)
-        return get_peft_model(load_model(), LoraConfig(r=r, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+        return get_peft_model(load_mini_model(), LoraConfig(r=r, target_modules=["q_proj"], task_type="CAUSAL_LM"))
 
     train(model_of_rank(1), tokenizer, examples, config(), output_dir=tmp_path, stop_after=1)
     model = model_of_rank(rank)
@@ -112,7 +114,7 @@ def test_a_damaged_checkpoint_names_the_file_and_the_fix(tmp_path, tokenizer, ex
 
 
 def test_the_course_loop_refuses_fp16_weights(tokenizer, examples):
-    model = load_model(dtype=torch.float16, device="cpu")
+    model = load_mini_model(dtype=torch.float16, device="cpu")
     for name, param in model.named_parameters():
         param.requires_grad = name.endswith("q_proj.weight")
     with pytest.raises(ValueError, match="loss scaler.*train_with_trainer"):
@@ -155,7 +157,7 @@ def test_bad_train_config(changes, message):
 
 
 def test_nothing_to_train_is_an_error(tokenizer, examples):
-    model = load_model()
+    model = load_mini_model()
     model.requires_grad_(False)
     with pytest.raises(ValueError, match="No trainable parameters"):
         train(model, tokenizer, examples, config())
@@ -191,6 +193,7 @@ def test_unknown_target_set():
 
 def test_adapter_is_cached_by_its_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv(MODEL_DIR_ENV, str(mini_model_dir()))  # the course's model id, the mini model's weights
     monkeypatch.setattr(adapters_module, "VALIDATION_EXAMPLES", 4)  # the curve's size is not under test here
     settings = AdapterSettings(r=1, targets="qv", steps=2, batch_size=2)
     folder = train_lora_adapter(settings)
@@ -248,7 +251,8 @@ def test_two_processes_asking_for_one_adapter_train_it_once(tmp_path):
         train_lora_adapter(AdapterSettings(r=1, targets="qv", steps=1, batch_size=2))
         print(json.dumps(len(calls)))
     """)
-    env = dict(__import__("os").environ, COURSE_CACHE_DIR=str(tmp_path), OMP_NUM_THREADS="1")
+    env = dict(__import__("os").environ, COURSE_CACHE_DIR=str(tmp_path), OMP_NUM_THREADS="1",
+               **{MODEL_DIR_ENV: str(mini_model_dir())})
     procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
              for _ in range(2)]
     trained = [int(p.communicate(timeout=600)[0].strip().splitlines()[-1]) for p in procs]

@@ -1,7 +1,8 @@
 """The Trainer path: resume equals an uninterrupted run, refuses other runs, stops on a non-finite loss.
 
-Runs on the tiny model with a rank-2 LoRA on q_proj and v_proj, a handful of
-examples, batch 2 and 4 steps, so each training run takes seconds on a CPU.
+Runs with a rank-2 LoRA on q_proj and v_proj, a handful of examples, batch 2 and
+4 steps; on the two-layer mini model (tests/mini_model.py) where a test checks
+mechanics, on the course's 135M model where its assertion reads what the model knows.
 """
 
 import math
@@ -19,6 +20,7 @@ from course_utils.models import load_model, load_tokenizer
 from course_utils.train import TrainConfig, trainable_state
 from course_utils.trainer import (NonFiniteLossError, checkpoints_in, mixed_precision, planned_dtypes,
                                   prepare_for_training, train_with_trainer)
+from mini_model import load_mini_model
 
 STEPS = 4
 TOLERANCE = 1e-6  # same float32 operations in the same order on the same machine: rounding only
@@ -37,12 +39,13 @@ def examples():
     return load_examples("sql", "train", limit=8)
 
 
-def lora_model(seed=0, r=2, targets=("q_proj", "v_proj")):
+def lora_model(seed=0, r=2, targets=("q_proj", "v_proj"), real=False):
+    """A LoRA model on the mini model, or on the course's 135M model (`real=True`)."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    return get_peft_model(load_model(), LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets),
-                                                   task_type="CAUSAL_LM"))
+    base = load_model() if real else load_mini_model()
+    return get_peft_model(base, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), task_type="CAUSAL_LM"))
 
 
 def config(**changes):
@@ -117,8 +120,8 @@ def test_a_folder_holding_another_run_is_refused_before_anything_changes(tmp_pat
 
 def test_make_features_decides_the_labels_the_loss_reads(tokenizer, examples):
     """Lesson 04 trains its unmasked variant through the same path: the labels, not the tokens, differ."""
-    masked = train_with_trainer(lora_model(), tokenizer, examples, config(), stop_after=1)
-    unmasked = train_with_trainer(lora_model(), tokenizer, examples, config(), stop_after=1,
+    masked = train_with_trainer(lora_model(real=True), tokenizer, examples, config(), stop_after=1)
+    unmasked = train_with_trainer(lora_model(real=True), tokenizer, examples, config(), stop_after=1,
                                   make_features=every_token_labelled)
     assert len(masked.losses) == len(unmasked.losses) == 1
     assert masked.tokens == unmasked.tokens  # the same input ids
@@ -164,7 +167,7 @@ def test_loss_is_normalised_by_answer_tokens_across_accumulation(tokenizer):
     """With accumulation, step 1's loss is total answer-token loss / total answer tokens of both micro-batches."""
     pair = load_examples("sql", "train", limit=40)
     pair = [min(pair, key=lambda e: len(e["answer"])), max(pair, key=lambda e: len(e["answer"]))]  # unequal lengths
-    model = lora_model()
+    model = lora_model(real=True)  # a random model's per-token losses are all near ln(vocabulary): means would agree
     expected = answer_loss(model, tokenizer, pair)  # token-weighted mean at the initial weights (B = 0)
     per_example = [answer_loss(model, tokenizer, [e]) for e in pair]
     result = train_with_trainer(model, tokenizer, pair, config(steps=1, batch_size=1, grad_accum=2, warmup_steps=0,
@@ -192,7 +195,7 @@ def test_precision_follows_the_hardware():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_prepare_keeps_the_residual_stream_in_fp32_only_on_fp16_devices(dtype):
-    model = load_model(dtype=dtype, device="cpu")
+    model = load_mini_model(dtype=dtype, device="cpu")
     assert prepare_for_training(model, A100) == 0 and prepare_for_training(model, CPU) == 0
     assert model.model.embed_tokens.weight.dtype == dtype
     moved = prepare_for_training(model, T4)
@@ -206,7 +209,7 @@ def test_eight_bit_optimizers_need_a_gpu(tokenizer, examples):
 
 
 def test_nothing_to_train_and_too_few_examples_are_clear_errors(tokenizer, examples):
-    frozen = load_model()
+    frozen = load_mini_model()
     frozen.requires_grad_(False)
     with pytest.raises(ValueError, match="No trainable parameters"):
         train_with_trainer(frozen, tokenizer, examples, config())
