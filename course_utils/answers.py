@@ -33,17 +33,22 @@ def answer_token_losses(model, tokenizer, examples: Sequence[dict], batch_size: 
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    sums: list[float] = []
-    counts: list[int] = []
+    sums: list[float] = [0.0] * len(examples)
+    counts: list[int] = [0] * len(examples)
     features = [training_features(tokenizer, e, max_length) for e in examples]
-    for start in range(0, len(features), batch_size):
-        batch = {k: v.to(device) for k, v in collate(features[start:start + batch_size], tokenizer.pad_token_id).items()}
+    # Batches of similar length: a batch is padded to its longest example, and with the schemas' spread of
+    # lengths random batches spent about a quarter of every forward pass on padding. The values come back
+    # in the examples' order.
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate([features[i] for i in rows], tokenizer.pad_token_id).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         labels = batch["labels"][:, 1:]
         losses = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1),
                                                    ignore_index=-100, reduction="none").view(labels.shape)
-        sums += losses.sum(dim=1).tolist()
-        counts += (labels != -100).sum(dim=1).tolist()
+        for i, total, count in zip(rows, losses.sum(dim=1).tolist(), (labels != -100).sum(dim=1).tolist()):
+            sums[i], counts[i] = total, count
     model.train(was_training)
     return sums, counts
 

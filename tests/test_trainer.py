@@ -176,6 +176,20 @@ def test_loss_is_normalised_by_answer_tokens_across_accumulation(tokenizer):
     assert not math.isclose(expected, sum(per_example) / 2, rel_tol=1e-3)  # the mean of means would differ
 
 
+def test_answer_losses_come_back_in_the_examples_order_whatever_the_batching(tokenizer):
+    """The yardstick batches examples of similar length; each value must still belong to its example."""
+    from course_utils.answers import answer_token_losses
+
+    examples = load_examples("sql", "validation", limit=7)
+    lengths = [len(training_features(tokenizer, e)["input_ids"]) for e in examples]
+    assert lengths != sorted(lengths)  # else keeping the order would test nothing
+    model = load_mini_model()
+    alone = [answer_token_losses(model, tokenizer, [e]) for e in examples]
+    sums, counts = answer_token_losses(model, tokenizer, examples, batch_size=3)
+    assert counts == [c[0] for _, c in alone]
+    assert sums == pytest.approx([s[0] for s, _ in alone], rel=1e-5)
+
+
 def test_validation_loss_is_recorded_from_step_0(tokenizer, examples):
     validation = load_examples("sql", "validation", limit=4)
     model = lora_model()
