@@ -1,6 +1,5 @@
 """The generated data is deterministic, sized as promised, diverse, and split honestly."""
 
-import math
 import json
 import re
 from collections import Counter
@@ -247,17 +246,3 @@ def test_datasets_loader_has_three_splits():
 def test_bad_column_spec_is_a_clear_error():
     with pytest.raises(ValueError, match="Bad column spec"):
         data.Column.parse("salary money 1..2")
-
-
-def test_training_asks_joins_more_often_and_validation_stays_balanced(sql_splits):
-    from course_utils.data.sql_task import TRAIN_WEIGHT_BY_KIND
-
-    seen = [t for t in data.TEMPLATES if not t.heldout]
-    for split, weight in (("train", TRAIN_WEIGHT_BY_KIND["join"]), ("validation", 1)):
-        rows = sql_splits[split]
-        joins = sum(t.kind == "join" for t in seen)
-        expected = weight * joins / (weight * joins + len(seen) - joins)
-        share = sum(e["kind"] == "join" for e in rows) / len(rows)
-        noise = math.sqrt(expected * (1 - expected) / len(rows))
-        assert abs(share - expected) < 4 * noise, (split, share, expected)
-    assert TRAIN_WEIGHT_BY_KIND["join"] > 1  # else the train/validation check above tests nothing

@@ -270,13 +270,6 @@ def _gold_is_informative(conn: sqlite3.Connection, sql: str) -> bool:
     return True
 
 
-# Training asks join questions twice as often as the others. A join is the one skill that needs the
-# schema's foreign-key line read and copied (`a.fk = b.key`), and it is the first to fail on a database
-# the adapter has not seen: with every template equally often, the calibration's 80-step adapter got
-# 0 of 30 joins on the held-out databases (data/README.md). Validation and test stay balanced.
-TRAIN_WEIGHT_BY_KIND = {"join": 2}
-
-
 def generate_sql_examples(seed: int = SEED, sizes: dict[str, int] | None = None) -> dict[str, list[dict]]:
     """Generate the three splits of the SQL task.
 
@@ -330,11 +323,8 @@ def generate_sql_examples(seed: int = SEED, sizes: dict[str, int] | None = None)
             rows = ([draw(train_dbs, t, split, "seen") for t in balanced(seen_t, n - 2 * third)]
                     + [draw(train_dbs, t, split, "heldout_template") for t in balanced(new_t, third)]
                     + [draw(new_dbs, t, split, "heldout_database") for t in balanced(seen_t, third)])
-        elif split == "validation":
-            rows = [draw(train_dbs, rng.choice(seen_t), split, "seen") for _ in range(n)]
         else:
-            weights = [TRAIN_WEIGHT_BY_KIND.get(t.kind, 1) for t in seen_t]
-            rows = [draw(train_dbs, t, split, "seen") for t in rng.choices(seen_t, weights, k=n)]
+            rows = [draw(train_dbs, rng.choice(seen_t), split, "seen") for _ in range(n)]
         for i, row in enumerate(rows):
             row["id"] = f"sql-{split}-{i:04d}"
         splits[split] = rows
