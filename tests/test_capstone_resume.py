@@ -31,7 +31,11 @@ STEPS, STOP_AFTER = 6, 3
 
 
 def _fresh_qlora_model():
-    """The tiny model in NF4 + DQ with a rank-16 all-linear adapter, initialised from a fixed seed."""
+    """The course's model id in NF4 + DQ with a rank-16 all-linear adapter, from a fixed seed.
+
+    The resume test points $COURSE_MODEL_DIR at the mini model; the gradient test below keeps the 135M model,
+    whose 576-wide weights are what bitsandbytes repacks on this CPU.
+    """
     profile = detect()
     base = load_model(TINY_MODEL_ID, quantization="nf4", double_quant=True, profile=profile)
     prepare_for_training(base, profile)
