@@ -34,7 +34,7 @@ def _fresh_qlora_model():
     """The course's model id in NF4 + DQ with a rank-16 all-linear adapter, from a fixed seed.
 
     The resume test points $COURSE_MODEL_DIR at the mini model; the gradient test below keeps the 135M model,
-    whose 576-wide weights are what bitsandbytes repacks on this CPU.
+    on which the repacking trap was found (docs/measurements.md).
     """
     profile = detect()
     base = load_model(TINY_MODEL_ID, quantization="nf4", double_quant=True, profile=profile)
