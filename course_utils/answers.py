@@ -36,9 +36,9 @@ def answer_token_losses(model, tokenizer, examples: Sequence[dict], batch_size: 
     sums: list[float] = [0.0] * len(examples)
     counts: list[int] = [0] * len(examples)
     features = [training_features(tokenizer, e, max_length) for e in examples]
-    # Batches of similar length: a batch is padded to its longest example, and with the schemas' spread of
-    # lengths random batches spent about a quarter of every forward pass on padding. The values come back
-    # in the examples' order.
+    # Batches of similar length: a batch is padded to its longest example. On the 48-question yardstick, batches
+    # of 8 in the given order are 29% padding (8,848 positions for 6,303 tokens), sorted ones 6% (6,736).
+    # The values come back in the examples' order.
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
