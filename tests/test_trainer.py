@@ -188,6 +188,15 @@ def test_answer_losses_come_back_in_the_examples_order_whatever_the_batching(tok
     sums, counts = answer_token_losses(model, tokenizer, examples, batch_size=3)
     assert counts == [c[0] for _, c in alone]
     assert sums == pytest.approx([s[0] for s, _ in alone], rel=1e-5)
+    # and each equals the plain computation: every position's logits, the shifted labels, prompt masked
+    reference = []
+    with torch.no_grad():
+        for e in examples:
+            features = training_features(tokenizer, e)
+            logits = model(input_ids=torch.tensor([features["input_ids"]])).logits[0, :-1]
+            labels = torch.tensor(features["labels"][1:])
+            reference.append(torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum").item())
+    assert sums == pytest.approx(reference, rel=1e-5)
 
 
 def test_validation_loss_is_recorded_from_step_0(tokenizer, examples):
