@@ -1,4 +1,4 @@
-"""The 38 SQL databases of the text-to-SQL task (30 for training, 8 held out, structurally new)."""
+"""The 44 SQL databases of the text-to-SQL task (36 for training, 8 held out, structurally new)."""
 
 from __future__ import annotations
 
@@ -99,6 +99,18 @@ DATABASES: tuple[Database, ...] = (
           "; trainer_id fk trainers"),
         T("trainers", "trainer", 6, "trainer_id key; name label person; speciality cat Yoga|Strength|Cardio"
           "; hourly_rate real 20.0..90.0 (hourly rate)")),
+    _db("hotel",
+        T("stays", "stay", 28, "stay_id key; booking_code label BKG-{n} (booking code); room_type cat Single|Double|"
+          "Suite (room type); nights int 1..45 (number of nights); checked_in date 2023..2024 (check-in date)"
+          "; spend real? 40.0..3000.0 (amount spent); guest fk guests"),
+        T("guests", "guest", 8, "guest_key key; guest label person; nationality cat Irish|Dutch|Greek|Thai"
+          "; loyalty_points int 0..50000 (loyalty points)")),
+    _db("zoo",
+        T("animals", "animal", 26, "animal_id key; animal_name label Big Little Old Young Shy Swift/Tala Ruma Kito Zuri Baku"
+          "; species cat Lion|Zebra|Otter|Lemur|Tapir; mass_kg real 2.0..900.0 (body mass); arrived date 2005..2023 "
+          "(arrival date); age_years int 1..40 (age in years); pen fk enclosures (enclosure)"),
+        T("enclosures", "enclosure", 6, "pen_code code EN-{n}; habitat label Savanna|Rainforest|Riverbank|Highlands|"
+          "Night House|Wetland; climate cat Tropical|Temperate|Arid; area_m2 real 200.0..9000.0 (area)")),
     # --- three tables --------------------------------------------------------------------------------
     _db("school",
         T("students", "student", 30, "student_id key; name label person; major cat Biology|Physics|Art|Economics|"
@@ -158,6 +170,31 @@ DATABASES: tuple[Database, ...] = (
           "(start date); venue_id fk venues"),
         T("venues", "venue", 4, "venue_id key; venue label Royal Hall|Town Arena|Park Stage|Old Theatre"
           "; city cat Bristol|York; seats int 300..9000")),
+    _db("theatre",
+        T("performances", "performance", 28, "perf_id key; perf_code label PF-{n} (performance code); house cat "
+          "Full|Half|Sparse (audience size); takings real 200.0..20000.0 (box office takings); staged_on date "
+          "2024..2024 (performance date); production fk productions"),
+        T("productions", "production", 8, "production_id key; play label Hamlet|Medea|Ghosts|Tartuffe|Phedre|Volpone|"
+          "Woyzeck|Candida; genre cat Tragedy|Comedy|Satire; premiere date 1990..2023 (premiere date)"
+          "; written_by fk playwrights (playwright)"),
+        T("playwrights", "playwright", 5, "playwright_id key; pen_name label person (pen name); century cat "
+          "Seventeenth|Nineteenth|Twentieth")),
+    _db("bikes",
+        T("rentals", "rental", 30, "rental_id key; ride_ref label R-{n} (ride reference); pass_type cat Casual|"
+          "Monthly|Annual (pass type); minutes_used int 3..240 (ride minutes); rented_on date 2024..2024 "
+          "(rental date); bike fk bicycles; start_station fk stations (start station)"),
+        T("bicycles", "bicycle", 8, "frame_no code FR-{n}; brand label Vento|Rapido|Cirrus|Strada|Mistral|Sirocco|"
+          "Zephyr|Levante; bike_kind cat Road|Electric|Cargo (bike type); battery_wh int? 250..750 (battery capacity)"),
+        T("stations", "station", 6, "station_id key; station label Quay Street|Park Gate|Old Market|Canal Side|"
+          "Union Square|Mill Lane; district cat Centre|Docks|Heights; docks int 8..40 (number of docks)")),
+    _db("newsroom",
+        T("stories", "story", 28, "story_id key; headline label Storm Budget Derby Strike Heatwave Flood/Warning Vote Report "
+          "Latest Review; section cat Politics|Sport|Business|Culture; word_count int 150..3000 (word count)"
+          "; filed_on date 2024..2024 (filing date); byline fk reporters (reporter)", nouns="stories"),
+        T("reporters", "reporter", 8, "reporter_id key; reporter label person; beat cat Courts|Health|Transport|"
+          "Education; hired_year int 1995..2023 (year hired); desk_code fk desks (desk)"),
+        T("desks", "desk", 4, "desk_code code NEWS|SPRT|BIZZ|ARTS; desk label News Desk|Sports Desk|Business Desk|"
+          "Arts Desk; floor_level int 1..9 (floor)")),
     # --- four tables, with a link table for a many-to-many relation ----------------------------------
     _db("university",
         T("students", "student", 24, "student_id key; name label person; country cat Chile|Kenya|Vietnam|Poland"
@@ -215,6 +252,16 @@ DATABASES: tuple[Database, ...] = (
         T("performances", "performance", 36, "singer_id fk singers; concert_id fk concerts; solo_minutes int? 1..40", verb="sang in"),
         T("halls", "hall", 4, "hall_id key; hall label St Mary|Guildhall|Corn Exchange|Assembly Rooms"
           "; city cat Bath|Ely; capacity int 120..1500")),
+    _db("marathon",
+        T("runners", "runner", 20, "bib key; runner label person; age_group cat Open|Veteran|Junior (age group)"
+          "; club_ref fk clubs (club)"),
+        T("races", "race", 8, "race_id key; race label City Marathon|Coastal Ten|Hill Half|Night Run|Forest Trail|"
+          "River Relay|Park Dash|Lake Loop; surface cat Road|Trail|Track; length_miles real 3.1..26.2 "
+          "(length in miles); run_on date 2023..2024 (race date)"),
+        T("results", "result", 36, "runner_bib fk runners; race_key fk races; finish_minutes int 15..400 "
+          "(finishing time in minutes)", verb="ran in"),
+        T("clubs", "club", 5, "club_key key; club label Harriers|Striders|Pacers|Athletic|Road Runners"
+          "; founded_in int 1890..2015 (founding year)")),
     # --- held out: test split only; new domains, new column names, new layouts ------------------------
     _db("volcanoes",
         T("volcanoes", "volcano", 22, "volcano_no key; designation label Mauna Pico Nevado Cerro Monte/Alto Rojo Negro "
