@@ -5,7 +5,7 @@ JSONL files in data/ can be rebuilt bit for bit (`python -m course_utils.data`),
 and both are scored exactly (see `course_utils.evaluate`).
 
 Task 1, text-to-SQL, is built to teach a skill that transfers: reading a schema.
-Its 38 small SQLite databases come in many shapes (one to four tables, a link
+Its 44 small SQLite databases come in many shapes (one to four tables, a link
 table for many-to-many, chains and stars of foreign keys), with key and label
 columns of many names (id, emp_id, sku, code; name, title, label, full_name),
 INTEGER, REAL, TEXT and DATE columns, NULLs, and columns that questions call
@@ -24,7 +24,7 @@ Task 2, sentence-to-JSON: extract the fields of a booking request into a JSON
 object, scored field by field; two phrasings are held out for the test split.
 
 The package, one module per concern: `splits` (paths, seed, sizes, groups),
-`tables` (the spec language of a database), `databases` (the 38 databases),
+`tables` (the spec language of a database), `databases` (the 44 databases),
 `schemas` (connecting, the schema the model sees), `sql_task` (templates and
 the SQL generator), `json_task`, `files` (reading and checking JSONL),
 `prompts` (chat messages, training features) and `generate` (rewriting data/).
