@@ -5,6 +5,8 @@
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/sql_task.py --steps 30 80  # both, and their difference
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/sql_task.py --steps 30 80 --learning-rates 1e-3 3e-3
                                                       # and the 80-step run at other learning rates
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/sql_task.py --steps 30 80 --seeds 1 --answer-loss
+                                                      # and each run again with seed 1; answer loss per group
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/sql_task.py --formats      # prompt formats: tokens, s/step
 
 Prints markdown tables (paste them into data/README.md): accuracy overall and
@@ -26,8 +28,9 @@ import statistics
 import time
 from dataclasses import replace
 
-from course_utils.adapters import (TRANSFER_SPLIT, adapter_report, base_report, course_adapter_settings,
-                                   read_train_log, train_lora_adapter)
+from course_utils.adapters import (TRANSFER_SPLIT, adapter_example_losses, adapter_report, base_example_losses,
+                                   base_report, course_adapter_settings, read_train_log, train_lora_adapter)
+from course_utils.compare import ExampleLosses, loss_difference
 from course_utils.data import (GROUPS, SCHEMA_STYLES, evenly_spaced, load_examples, load_transfer_examples,
                                schema_text, training_features)
 from course_utils.evaluate import EvalReport, ScoredExample
@@ -66,8 +69,41 @@ def table_row(name: str, report: EvalReport, transfer: EvalReport, notes: str = 
             f"{cell([r.score for r in transfer.results])} | {notes} |")
 
 
+def run_name(settings) -> str:
+    seed = f", seed {settings.seed}" if settings.seed else ""
+    return f"LoRA, {settings.steps} steps, lr {settings.learning_rate:g}{seed}"
+
+
+def answer_loss_by_group(runs: list, examples: list[dict], n: int | None, profile) -> None:
+    """The yardstick on the test split, per group: base model and each run, and each run's paired drop.
+
+    Accuracy moves in whole questions and stays at 0 until an answer is exactly
+    right; the answer loss shows whether a short run learned anything in a
+    group where its accuracy cannot yet.
+    """
+    base = base_example_losses("sql", "test", n, profile)
+    losses = {run_name(s): adapter_example_losses(s, "test", n, profile) for s in runs}
+
+    def subset(values: ExampleLosses, group: str) -> ExampleLosses:
+        rows = [i for i, e in enumerate(examples) if e["group"] == group]
+        return ExampleLosses.of([values.sums[i] for i in rows], [values.counts[i] for i in rows])
+
+    print("\nAnswer loss per answer token on the test split (the course's yardstick), and each run minus the base "
+          "model on the same questions (± two standard errors over the questions):\n")
+    print("| model | overall | " + " | ".join(GROUPS) + " |")
+    print("|---|---|" + "---|" * len(GROUPS))
+    print("| base | " + " | ".join(f"{v.mean:.3f}" for v in [base] + [subset(base, g) for g in GROUPS]) + " |")
+    for name, values in losses.items():
+        cells = []
+        for a, b in [(base, values)] + [(subset(base, g), subset(values, g)) for g in GROUPS]:
+            d, se = loss_difference(a, b)
+            cells.append(f"{b.mean:.3f} ({d:+.3f} ± {2 * se:.3f})")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def calibrate(steps: list[int | None], n: int | None, skip_base: bool = False,
-              learning_rates: list[float] | None = None) -> None:
+              learning_rates: list[float] | None = None, seeds: list[int] | None = None,
+              answer_loss: bool = False) -> None:
     profile = detect()
     print(profile)
     examples = evenly_spaced(load_examples("sql", "test"), n)
@@ -87,11 +123,12 @@ def calibrate(steps: list[int | None], n: int | None, skip_base: bool = False,
     longest = max(range(len(runs)), key=lambda i: runs[i].steps)
     # other learning rates at the longest of those step counts: is the course's rate the right one?
     runs += [replace(runs[longest], learning_rate=lr) for lr in learning_rates or []]
-    for settings in runs:
+    by_seed = [replace(runs[i], seed=seed) for i in range(len(steps)) for seed in seeds or [] if seed != runs[i].seed]
+    for settings in runs + by_seed:
         log = read_train_log(train_lora_adapter(settings, profile))
         report = adapter_report(settings, "test", n, profile)
         transfer_report = adapter_report(settings, TRANSFER_SPLIT, None, profile)
-        name = f"LoRA, {settings.steps} steps, lr {settings.learning_rate:g}"
+        name = run_name(settings)
         reports[name] = report
         rows.append(table_row(name, report, transfer_report,
                               f"train {log['seconds']:.0f} s ({log['seconds'] / settings.steps:.1f} s/step), "
@@ -125,16 +162,19 @@ def calibrate(steps: list[int | None], n: int | None, skip_base: bool = False,
     print("\nPaired differences on the same questions (points, ± standard error of the mean difference):\n")
     print("| comparison | overall | " + " | ".join(GROUPS) + " |")
     print("|---|---|" + "---|" * len(GROUPS))
-    names = list(reports)[1:]
+    names = [run_name(s) for s in runs]
     by_steps, by_rate = names[:len(steps)], names[len(steps):]
-    pairs = ([("base", name) for name in names] + list(zip(by_steps, by_steps[1:]))
-             + [(by_steps[longest], name) for name in by_rate])  # each other rate against the course's
+    pairs = ([("base", name) for name in names + [run_name(s) for s in by_seed]] + list(zip(by_steps, by_steps[1:]))
+             + [(by_steps[longest], name) for name in by_rate]  # each other rate against the course's
+             + [(run_name(replace(s, seed=runs[0].seed)), run_name(s)) for s in by_seed])  # seed against seed
     for a, b in pairs:
         ga, gb = group_scores(reports[a]), group_scores(reports[b])
         diffs = [paired_difference([r.score for r in reports[a].results], [r.score for r in reports[b].results])]
         diffs += [paired_difference(ga[g], gb[g]) for g in GROUPS]
         print(f"| {b} - {a} | " + " | ".join(f"{100 * m:+.1f} ± {100 * se:.1f}" for m, se in diffs) + " |")
     print("\nfailure reasons (base):", dict(base.reasons()))
+    if answer_loss:
+        answer_loss_by_group(runs + by_seed, examples, n, profile)
 
 
 def measure_formats(steps: int, batch_size: int) -> None:
@@ -203,12 +243,16 @@ def main() -> None:
                         help="also train the longest --steps run at these learning rates (the course's is the default)")
     parser.add_argument("--formats", action="store_true", help="measure the prompt's schema formats instead")
     parser.add_argument("--skip-base", action="store_true", help="do not score the base model (data iterations)")
+    parser.add_argument("--seeds", type=int, nargs="*", default=None,
+                        help="also train every --steps run with these seeds (the course's is 0)")
+    parser.add_argument("--answer-loss", action="store_true",
+                        help="also print the answer loss per group (base and every run) on the test split")
     parser.add_argument("--format-steps", type=int, default=8, help="training steps per format (with --formats)")
     args = parser.parse_args()
     if args.formats:
         measure_formats(args.format_steps, 8)
     else:
-        calibrate(args.steps or [None], args.n, args.skip_base, args.learning_rates)
+        calibrate(args.steps or [None], args.n, args.skip_base, args.learning_rates, args.seeds, args.answer_loss)
 
 
 if __name__ == "__main__":
