@@ -1,7 +1,7 @@
 """Calibrate the text-to-SQL task: base model vs LoRA adapters, by group, with noise.
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/sql_task.py --steps 80     # the calibration run
-    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/sql_task.py                # the lessons' adapter
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/sql_task.py                # the quick adapter (30 steps on a CPU)
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/sql_task.py --steps 30 80  # both, and their difference
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/sql_task.py --steps 30 80 --learning-rates 1e-3 3e-3
                                                       # and the 80-step run at other learning rates
