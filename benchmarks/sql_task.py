@@ -84,8 +84,10 @@ def answer_loss_by_group(runs: list, examples: list[dict], n: int | None, profil
     base = base_example_losses("sql", "test", n, profile)
     losses = {run_name(s): adapter_example_losses(s, "test", n, profile) for s in runs}
 
+    rows_of = {g: [i for i, e in enumerate(examples) if e["group"] == g] for g in GROUPS}
+
     def subset(values: ExampleLosses, group: str) -> ExampleLosses:
-        rows = [i for i, e in enumerate(examples) if e["group"] == group]
+        rows = rows_of[group]
         return ExampleLosses.of([values.sums[i] for i in rows], [values.counts[i] for i in rows])
 
     print("\nAnswer loss per answer token on the test split (the course's yardstick), and each run minus the base "
@@ -123,7 +125,10 @@ def calibrate(steps: list[int | None], n: int | None, skip_base: bool = False,
     longest = max(range(len(runs)), key=lambda i: runs[i].steps)
     # other learning rates at the longest of those step counts: is the course's rate the right one?
     runs += [replace(runs[longest], learning_rate=lr) for lr in learning_rates or []]
-    by_seed = [replace(runs[i], seed=seed) for i in range(len(steps)) for seed in seeds or [] if seed != runs[i].seed]
+    # (the course's seed's run, the same run with another seed), for each --steps run
+    seed_pairs = [(runs[i], replace(runs[i], seed=seed)) for i in range(len(steps)) for seed in seeds or []
+                  if seed != runs[i].seed]
+    by_seed = [other for _, other in seed_pairs]
     for settings in runs + by_seed:
         log = read_train_log(train_lora_adapter(settings, profile))
         report = adapter_report(settings, "test", n, profile)
@@ -166,7 +171,7 @@ def calibrate(steps: list[int | None], n: int | None, skip_base: bool = False,
     by_steps, by_rate = names[:len(steps)], names[len(steps):]
     pairs = ([("base", name) for name in names + [run_name(s) for s in by_seed]] + list(zip(by_steps, by_steps[1:]))
              + [(by_steps[longest], name) for name in by_rate]  # each other rate against the course's
-             + [(run_name(replace(s, seed=runs[0].seed)), run_name(s)) for s in by_seed])  # seed against seed
+             + [(run_name(course), run_name(other)) for course, other in seed_pairs])  # seed against seed
     for a, b in pairs:
         ga, gb = group_scores(reports[a]), group_scores(reports[b])
         diffs = [paired_difference([r.score for r in reports[a].results], [r.score for r in reports[b].results])]

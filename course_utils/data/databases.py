@@ -106,9 +106,9 @@ DATABASES: tuple[Database, ...] = (
         T("guests", "guest", 8, "guest_key key; guest label person; nationality cat Irish|Dutch|Greek|Thai"
           "; loyalty_points int 0..50000 (loyalty points)")),
     _db("zoo",
-        T("animals", "animal", 26, "animal_id key; animal_name label Big Little Old Young Shy Swift/Tala Ruma Kito Zuri Baku"
-          "; species cat Lion|Zebra|Otter|Lemur|Tapir; mass_kg real 2.0..900.0 (body mass); arrived date 2005..2023 "
-          "(arrival date); age_years int 1..40 (age in years); pen fk enclosures (enclosure)"),
+        T("animals", "animal", 26, "animal_id key; animal_name label Big Little Old Young Shy Swift/Tala Ruma Kito "
+          "Zuri Baku; species cat Lion|Zebra|Otter|Lemur|Tapir; mass_kg real 2.0..900.0 (body mass)"
+          "; arrived date 2005..2023 (arrival date); age_years int 1..40 (age in years); pen fk enclosures (enclosure)"),
         T("enclosures", "enclosure", 6, "pen_code code EN-{n}; habitat label Savanna|Rainforest|Riverbank|Highlands|"
           "Night House|Wetland; climate cat Tropical|Temperate|Arid; area_m2 real 200.0..9000.0 (area)")),
     # --- three tables --------------------------------------------------------------------------------
@@ -188,8 +188,8 @@ DATABASES: tuple[Database, ...] = (
         T("stations", "station", 6, "station_id key; station label Quay Street|Park Gate|Old Market|Canal Side|"
           "Union Square|Mill Lane; district cat Centre|Docks|Heights; docks int 8..40 (number of docks)")),
     _db("newsroom",
-        T("stories", "story", 28, "story_id key; headline label Storm Budget Derby Strike Heatwave Flood/Warning Vote Report "
-          "Latest Review; section cat Politics|Sport|Business|Culture; word_count int 150..3000 (word count)"
+        T("stories", "story", 28, "story_id key; headline label Storm Budget Derby Strike Heatwave Flood/Warning "
+          "Vote Report Latest Review; section cat Politics|Sport|Business|Culture; word_count int 150..3000 (word count)"
           "; filed_on date 2024..2024 (filing date); byline fk reporters (reporter)", nouns="stories"),
         T("reporters", "reporter", 8, "reporter_id key; reporter label person; beat cat Courts|Health|Transport|"
           "Education; hired_year int 1995..2023 (year hired); desk_code fk desks (desk)"),
