@@ -87,8 +87,7 @@ def answer_loss_by_group(runs: list, examples: list[dict], n: int | None, profil
     rows_of = {g: [i for i, e in enumerate(examples) if e["group"] == g] for g in GROUPS}
 
     def subset(values: ExampleLosses, group: str) -> ExampleLosses:
-        rows = rows_of[group]
-        return ExampleLosses.of([values.sums[i] for i in rows], [values.counts[i] for i in rows])
+        return values.subset(rows_of[group])
 
     print("\nAnswer loss per answer token on the test split (the course's yardstick), and each run minus the base "
           "model on the same questions (± two standard errors over the questions):\n")

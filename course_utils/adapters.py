@@ -110,7 +110,8 @@ def adapter_dir(settings: AdapterSettings) -> Path:
 
 VALIDATION_EXAMPLES = 16  # validation examples whose answer loss a cached adapter records while it trains
 VALIDATION_POINTS = 2  # how many times per run it records it (plus once before the first step): three points
-# show a curve's direction; each costs 16 forward passes, against about 150 for the CPU run's 12 training steps
+# show a curve's direction. Each costs 16 forward passes, about 7 s of a 12-step CPU run's 90 (lesson 04's
+# runs in CI); the point before the first step of a plain LoRA run is the base model's, read from the cache.
 
 
 def train_lora_adapter(settings: AdapterSettings, profile: HardwareProfile | None = None,
@@ -154,7 +155,7 @@ def train_adapter(settings: AdapterSettings, profile: HardwareProfile, output_di
 
     tokenizer = load_tokenizer(settings.model_id or TINY_MODEL_ID)
     model = base if base is not None else load_base_for(settings, profile)
-    prepare_for_training(model, profile)
+    moved = prepare_for_training(model, profile)
     set_seed(settings.seed)  # LoRA's A is drawn at random: the seed, not earlier cells, decides the start
     model = get_peft_model(model, replace(lora_config(settings), **(lora_changes or {})))
     if before_training is not None:
@@ -163,9 +164,16 @@ def train_adapter(settings: AdapterSettings, profile: HardwareProfile, output_di
     validation = split_examples(settings.task, "validation", VALIDATION_EXAMPLES)
     config = settings.train_config(checkpoint_every=max(10, settings.steps // 4),
                                    eval_every=max(1, settings.steps // VALIDATION_POINTS))
+    # LoRA's B starts at zero, so before the first step a plain run computes exactly what its base model does
+    # (the same weights, nothing cast by prepare_for_training): its first curve point is the base model's
+    # answer loss on the same questions, computed once per cache instead of once per run.
+    starts_as_base = (validation_curve and base is None and not lora_changes and before_training is None
+                      and not moved and settings.model_id in ("", TINY_MODEL_ID))
+    start = base_example_losses(settings.task, "validation", VALIDATION_EXAMPLES, profile, settings.quantization,
+                                settings.double_quant, whole_split_on_gpu=False).mean if starts_as_base else None
     result = train_with_trainer(model, tokenizer, examples, config, output_dir=output_dir,
                                 eval_examples=validation if validation_curve else None, profile=profile,
-                                make_features=make_features or training_features)
+                                make_features=make_features or training_features, eval_start=start)
     return model, result
 
 
@@ -283,19 +291,21 @@ def base_report(task: str = "sql", split: str = "test", n: int | None = None,
 
 def base_example_losses(task: str = "sql", split: str = "validation", n: int | None = YARDSTICK_EXAMPLES,
                         profile: HardwareProfile | None = None, quantization: str | None = None,
-                        double_quant: bool = False):
+                        double_quant: bool = False, whole_split_on_gpu: bool = True):
     """The untrained base model's yardstick per question (`ExampleLosses`), its weights stored as
     `quantization` says (None, "int8", "fp4", "nf4"); cached by the questions' content.
 
     Every comparison with "no training" (lessons 04 and 08, their solutions)
-    reads this one computation.
+    reads this one computation, and so does the first point of every plain LoRA
+    run's validation curve (`train_adapter`; `whole_split_on_gpu=False` keeps `n`
+    on a GPU too).
     """
     from .compare import ExampleLosses
     from .models import TINY_MODEL_ID, load_tokenizer
     from .qlora import load_format
 
     profile = profile or detect()
-    n = profile.pick(cpu=n, gpu=None)
+    n = profile.pick(cpu=n, gpu=None if whole_split_on_gpu else n)
     examples = split_examples(task, split, n)
     key = settings_key({"examples": examples, "model": TINY_MODEL_ID, "device": profile.kind,
                         "quantization": quantization, "double_quant": double_quant})

@@ -53,6 +53,10 @@ class ExampleLosses:
         """The yardstick: mean loss per answer token."""
         return sum(self.sums) / sum(self.counts)
 
+    def subset(self, positions: Sequence[int]) -> "ExampleLosses":
+        """The same model on some of the examples (one group of a split, say), in the order given."""
+        return ExampleLosses.of([self.sums[i] for i in positions], [self.counts[i] for i in positions])
+
 
 def loss_difference(a: ExampleLosses, b: ExampleLosses) -> tuple[float, float]:
     """(mean of b - mean of a, its standard error over the examples), for two models on the same examples.

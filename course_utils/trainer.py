@@ -224,16 +224,18 @@ def _trainer_classes():
     class ValidationLoss(TrainerCallback):
         """The answer loss on held-out examples every `every` steps, kept in the run's log history."""
 
-        def __init__(self, tokenizer, examples, every: int, max_length: int):
+        def __init__(self, tokenizer, examples, every: int, max_length: int, start: float | None = None):
             self.tokenizer, self.examples, self.every, self.max_length = tokenizer, examples, every, max_length
+            self.start = start
 
-        def record(self, state, model):
-            value = answer_loss(model, self.tokenizer, self.examples, max_length=self.max_length)
+        def record(self, state, model, value: float | None = None):
+            if value is None:
+                value = answer_loss(model, self.tokenizer, self.examples, max_length=self.max_length)
             state.log_history.append({"step": state.global_step, "validation_answer_loss": value})
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             if state.global_step == 0:  # the starting point of the curve: the model before any update
-                self.record(state, model)
+                self.record(state, model, self.start)
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
             if state.global_step % self.every == 0 or state.global_step == state.max_steps:
@@ -297,7 +299,7 @@ def build_trainer(model, features: Sequence[dict], config: TrainConfig, pad_id: 
 def train_with_trainer(model, tokenizer, examples: Sequence[dict], config: TrainConfig,
                        output_dir: str | os.PathLike | None = None, eval_examples: Sequence[dict] | None = None,
                        stop_after: int | None = None, profile: HardwareProfile | None = None,
-                       make_features=training_features) -> TrainResult:
+                       make_features=training_features, eval_start: float | None = None) -> TrainResult:
     """Train the parameters of `model` that require grad, with transformers' Trainer.
 
     The same contract as `course_utils.train.train`: with `output_dir`, a run that
@@ -307,7 +309,9 @@ def train_with_trainer(model, tokenizer, examples: Sequence[dict], config: Train
     `config.eval_every` record the validation answer loss for a validation curve.
     `make_features(tokenizer, example, max_length)` turns an example into input
     ids and labels (default: the prompt masked); lesson 04 trains one variant
-    that labels the prompt too.
+    that labels the prompt too. `eval_start`: the validation answer loss before the first
+    step, when the caller already knows it (a LoRA run starts as its base model,
+    whose value `course_utils.adapters` caches), so it is not computed again.
     """
     profile = profile or detect()
     _, _, StopAfter, ValidationLoss = _trainer_classes()
@@ -333,7 +337,8 @@ def train_with_trainer(model, tokenizer, examples: Sequence[dict], config: Train
     if stop_after is not None:
         trainer.add_callback(StopAfter(stop_after))
     if eval_examples and config.eval_every:
-        trainer.add_callback(ValidationLoss(tokenizer, list(eval_examples), config.eval_every, config.max_length))
+        trainer.add_callback(ValidationLoss(tokenizer, list(eval_examples), config.eval_every, config.max_length,
+                                            eval_start))
     undo_cpu_inference_packing(model)  # an evaluated NF4 model on the CPU would otherwise get no gradients
     checkpoints = checkpoints_in(folder) if folder is not None else []
     resumed_from = int(checkpoints[-1].name.split("-")[-1]) if checkpoints else 0

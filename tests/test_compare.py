@@ -47,6 +47,15 @@ def test_one_seed_or_different_questions_are_refused():
         ExampleLosses.of([float("nan")], [3])
 
 
+def test_a_subset_keeps_its_examples_and_their_order():
+    losses = ExampleLosses.of([1.0, 4.0, 9.0, 2.0], [1, 2, 3, 4])
+    group = losses.subset([2, 0])
+    assert group.sums == (9.0, 1.0) and group.counts == (3, 1)
+    assert group.mean == pytest.approx(10.0 / 4)
+    with pytest.raises(ValueError, match="one sum and one count"):
+        losses.subset([])  # an empty group has no yardstick
+
+
 def report(correct):
     return EvalReport([ScoredExample(f"q{i}", ok, float(ok), "match" if ok else "wrong result", "")
                        for i, ok in enumerate(correct)])

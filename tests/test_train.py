@@ -10,7 +10,10 @@ import torch
 
 from course_utils import adapters as adapters_module
 from course_utils import trainer as trainer_module
-from course_utils.adapters import AdapterSettings, adapter_dir, read_train_log, train_lora_adapter
+from course_utils.adapters import (AdapterSettings, adapter_dir, base_example_losses, load_base_for, read_train_log,
+                                   split_examples, train_adapter, train_lora_adapter)
+from course_utils.answers import answer_loss
+from course_utils.hardware import detect
 from course_utils.data import evenly_spaced, load_examples
 from course_utils.models import MODEL_DIR_ENV, load_tokenizer
 from course_utils.train import (CHECKPOINT_FILE, TrainConfig, batch_indices, learning_rate_factor, train,
@@ -203,6 +206,12 @@ def test_adapter_is_cached_by_its_settings(tmp_path, monkeypatch):
     assert not (folder / "checkpoint").exists()
     log = read_train_log(folder)
     assert len(log["losses"]) == 2 and [step for step, _ in log["validation_losses"]] == [0, 1, 2]
+    # The curve's first point is the base model's answer loss, read from the base model's cache: LoRA's B
+    # starts at zero, so the model before the first step computes what the base model computes.
+    cached_base = base_example_losses("sql", "validation", 4, whole_split_on_gpu=False)
+    assert log["validation_losses"][0][1] == cached_base.mean
+    direct = answer_loss(load_base_for(settings), load_tokenizer(), split_examples("sql", "validation", 4))
+    assert cached_base.mean == pytest.approx(direct, rel=TOLERANCE)
     stamp = (folder / "adapter_model.safetensors").stat().st_mtime_ns
 
     def no_training(*args, **kwargs):
@@ -219,9 +228,27 @@ def test_adapter_is_cached_by_its_settings(tmp_path, monkeypatch):
         train_lora_adapter(settings, force=True)
 
 
-def test_the_course_loop_records_a_validation_curve(tokenizer, examples):
-    from course_utils.answers import answer_loss
+def test_a_run_that_does_not_start_as_its_base_computes_its_first_curve_point(tmp_path, monkeypatch):
+    """Only a plain LoRA start reads the base model's cached value; an edited start (LoftQ, PiSSA) is measured."""
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv(MODEL_DIR_ENV, str(mini_model_dir()))
+    monkeypatch.setattr(adapters_module, "VALIDATION_EXAMPLES", 4)
+    settings = AdapterSettings(r=1, targets="qv", steps=2, batch_size=2)
+    validation = split_examples("sql", "validation", 4)
 
+    def nudged(model):  # B no longer zero: the start differs from the base model
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.5)
+        nudged.start = answer_loss(model, load_tokenizer(), validation)
+
+    _, result = train_adapter(settings, detect(), None, before_training=nudged)
+    base = base_example_losses("sql", "validation", 4, whole_split_on_gpu=False).mean
+    assert result.validation_losses[0][1] == pytest.approx(nudged.start, rel=TOLERANCE)
+    assert abs(nudged.start - base) > 1e-3, "the nudge should move the start away from the base model"
+
+
+def test_the_course_loop_records_a_validation_curve(tokenizer, examples):
     validation = load_examples("sql", "validation", limit=3)
     model = lora_model()
     start = answer_loss(model, tokenizer, validation)
