@@ -4,8 +4,8 @@ Every notebook starts by printing a `HardwareProfile`, so a learner always
 knows which device, compute dtype and amount of work the lesson chose. The
 choice of dtype matters for QLoRA: a T4 has no native bf16 (PyTorch may still
 say "supported" through slow emulation), so it computes in fp16; Ampere and
-newer GPUs compute in bf16; a CPU computes in fp32, which every CPU runs at full
-speed (bf16 has hardware support only on some CPUs, where it is faster:
+newer GPUs compute in bf16; a CPU computes in fp32, which every CPU has hardware
+for (bf16 only some; on the CI machine, which has it, bf16 steps are faster:
 benchmarks/cpu_autocast.py), so a CPU lesson is the same computation everywhere.
 """
 
