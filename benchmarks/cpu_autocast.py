@@ -6,7 +6,7 @@ The course computes in fp32 on a CPU. On CPUs with bf16 instructions (AVX512-BF1
 AMX) bf16 autocast makes a plain LoRA step faster; this measures by how much, on
 the comparison budget's batch (4 SQL training examples, the course's r=8 adapter on
 all linear layers of the 135M model). Each dtype runs `--steps` timed steps after
-one untimed warm-up step, `--repeats` times, alternating; the best repeat counts,
+one untimed warm-up step, `--repeats` times, alternating; the best repeat how_timed,
 since other processes only ever make a run slower. `--qlora` adds the same step on
 an NF4 + double-quantization base with bitsandbytes computing in fp32 and in bf16
 (`bnb_4bit_compute_dtype`; one timed step after a warm-up: the bf16 path is slow).
@@ -68,15 +68,15 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, bf16 in (("LoRA, fp32", False), ("LoRA, bf16 autocast", True)):
             rows[name] = min(rows.get(name, float("inf")), seconds_per_step(lora, args.steps, bf16))
-    counts = {name: f"best of {args.repeats} x {args.steps} steps" for name in rows}
+    how_timed = {name: f"best of {args.repeats} x {args.steps} steps" for name in rows}
     if args.qlora:
         for name, dtype in (("QLoRA, fp32 compute", torch.float32), ("QLoRA, bf16 compute", torch.bfloat16)):
             model = lora_model(quantization="nf4", double_quant=True, compute_dtype=dtype, dtype=dtype)
-            rows[name], counts[name] = seconds_per_step(model, 1), "one step"
+            rows[name], how_timed[name] = seconds_per_step(model, 1), "one step"
     print(f"CPU: {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} thread(s); batch "
           f"{tuple(batch['input_ids'].shape)} (examples x padded tokens), r={settings.r} on {settings.targets}")
     for name, seconds in rows.items():
-        print(f"{name:<22} {seconds:7.2f} s a step ({counts[name]})")
+        print(f"{name:<22} {seconds:7.2f} s a step ({how_timed[name]})")
     print(f"LoRA, bf16 autocast / fp32: {rows['LoRA, bf16 autocast'] / rows['LoRA, fp32']:.2f}")
     if args.qlora:
         print(f"QLoRA, bf16 / fp32 compute: {rows['QLoRA, bf16 compute'] / rows['QLoRA, fp32 compute']:.2f}")

@@ -30,7 +30,7 @@ from dataclasses import replace
 
 from course_utils.adapters import (TRANSFER_SPLIT, adapter_example_losses, adapter_report, base_example_losses,
                                    base_report, course_adapter_settings, read_train_log, train_lora_adapter)
-from course_utils.compare import ExampleLosses, loss_difference
+from course_utils.compare import loss_difference
 from course_utils.data import (GROUPS, SCHEMA_STYLES, evenly_spaced, load_examples, load_transfer_examples,
                                schema_text, training_features)
 from course_utils.evaluate import EvalReport, ScoredExample
@@ -85,18 +85,14 @@ def answer_loss_by_group(runs: list, examples: list[dict], n: int | None, profil
     losses = {run_name(s): adapter_example_losses(s, "test", n, profile) for s in runs}
 
     rows_of = {g: [i for i, e in enumerate(examples) if e["group"] == g] for g in GROUPS}
-
-    def subset(values: ExampleLosses, group: str) -> ExampleLosses:
-        return values.subset(rows_of[group])
-
     print("\nAnswer loss per answer token on the test split (the course's yardstick), and each run minus the base "
           "model on the same questions (± two standard errors over the questions):\n")
     print("| model | overall | " + " | ".join(GROUPS) + " |")
     print("|---|---|" + "---|" * len(GROUPS))
-    print("| base | " + " | ".join(f"{v.mean:.3f}" for v in [base] + [subset(base, g) for g in GROUPS]) + " |")
+    print("| base | " + " | ".join(f"{v.mean:.3f}" for v in [base] + [base.subset(rows_of[g]) for g in GROUPS]) + " |")
     for name, values in losses.items():
         cells = []
-        for a, b in [(base, values)] + [(subset(base, g), subset(values, g)) for g in GROUPS]:
+        for a, b in [(base, values)] + [(base.subset(rows_of[g]), values.subset(rows_of[g])) for g in GROUPS]:
             d, se = loss_difference(a, b)
             cells.append(f"{b.mean:.3f} ({d:+.3f} ± {2 * se:.3f})")
         print(f"| {name} | " + " | ".join(cells) + " |")
@@ -170,7 +166,7 @@ def calibrate(steps: list[int | None], n: int | None, skip_base: bool = False,
     by_steps, by_rate = names[:len(steps)], names[len(steps):]
     pairs = ([("base", name) for name in names + [run_name(s) for s in by_seed]] + list(zip(by_steps, by_steps[1:]))
              + [(by_steps[longest], name) for name in by_rate]  # each other rate against the course's
-             + [(run_name(course), run_name(other)) for course, other in seed_pairs])  # seed against seed
+             + [(run_name(first), run_name(other)) for first, other in seed_pairs])  # seed against seed
     for a, b in pairs:
         ga, gb = group_scores(reports[a]), group_scores(reports[b])
         diffs = [paired_difference([r.score for r in reports[a].results], [r.score for r in reports[b].results])]
