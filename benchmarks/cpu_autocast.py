@@ -6,7 +6,7 @@ The course computes in fp32 on a CPU. On CPUs with bf16 instructions (AVX512-BF1
 AMX) bf16 autocast makes a plain LoRA step faster; this measures by how much, on
 the comparison budget's batch (4 SQL training examples, the course's r=8 adapter on
 all linear layers of the 135M model). Each dtype runs `--steps` timed steps after
-one untimed warm-up step, `--repeats` times, alternating; the best repeat how_timed,
+one untimed warm-up step, `--repeats` times, alternating; the best repeat counts,
 since other processes only ever make a run slower. `--qlora` adds the same step on
 an NF4 + double-quantization base with bitsandbytes computing in fp32 and in bf16
 (`bnb_4bit_compute_dtype`; one timed step after a warm-up: the bf16 path is slow).
