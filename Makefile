@@ -25,26 +25,25 @@ lab: setup
 run-all: setup
 	$(PY) tools/run_all.py notebooks
 
-# Unit tests; then every notebook and solution executed once, by nbmake on copies in
-# build/executed/ that keep their outputs (the inline matplotlib backend, so the plots are
-# kept too); then the website built from those copies and checked in headless Chromium.
+# Unit tests; then every lesson executed once, by nbmake, with its solution's solved exercises run after it
+# in the same kernel (tools/run_all.py: the runs in build/executed/runs/ keep their outputs, with the inline
+# matplotlib backend, so the plots are kept too; `--split` turns each into its lesson's and its solution's
+# executed copies); then the website built from those copies and checked in headless Chromium.
 # JOBS test files or notebooks run side by side, one thread each (two processes of one thread
 # do more on two cores than one of two threads; notebooks that need the same cached adapter
-# wait for each other's lock instead of training it twice). Lessons come before solutions.
+# wait for each other's lock instead of training it twice).
 JOBS ?= 2
 PARALLEL = -n $(JOBS) --dist loadfile
-# Longest first, so that the two workers finish together (measured spans in docs/measurements.md §2):
-# lesson 04 (a third of the work) on one worker, the other long lessons on the other, then the long
-# solutions; the rest follow in name order. Each worker holds its next notebook queued, so 04 is followed
-# by a short one (07). The notebooks are named one by one: given a folder, pytest (8+) collects its files
-# in name order, whatever came first on the command line.
-EXECUTED = build/executed/notebooks
-ORDER = 04 02 07 08 09 10 solutions/10 solutions/09 solutions/04 solutions/08 solutions/02 solutions/07
-FIRST = $(foreach n,$(ORDER),$(EXECUTED)/$(n)_*.ipynb)
+# Longest first, so that the two workers finish together (measured spans in docs/measurements.md §2).
+# Each worker holds its next notebook queued. The notebooks are named one by one: given a folder, pytest (8+)
+# collects its files in name order, whatever came first on the command line.
+RUNS = build/executed/runs/notebooks
+ORDER = 04 02 08 09 10 07 03 06 05 00 01
 test: setup
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest tests $(PARALLEL) --durations=25 -m "not browser"
 	$(PY) tools/run_all.py --copy-only notebooks
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MPLBACKEND=module://matplotlib_inline.backend_inline $(PY) -m pytest $(PARALLEL) --nbmake --nbmake-timeout=3600 --durations=0 --overwrite $(FIRST) $(EXECUTED)/*.ipynb $(EXECUTED)/solutions/*.ipynb
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MPLBACKEND=module://matplotlib_inline.backend_inline $(PY) -m pytest $(PARALLEL) --nbmake --nbmake-timeout=3600 --durations=0 --overwrite $(foreach n,$(ORDER),$(RUNS)/$(n)_*.ipynb) $(RUNS)/*.ipynb
+	$(PY) tools/run_all.py --split
 	$(PY) tools/build_site.py --require-executed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/test_site.py -m browser --durations=0
 

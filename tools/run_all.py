@@ -7,11 +7,21 @@ Executed copies (with outputs) go to build/executed/ (`--out DIR` to change),
 which git ignores, so the stored notebooks stay clean; the course website
 (`make site`, tools/build_site.py) is built from them.
 
-    python tools/run_all.py --copy-only notebooks
+    python tools/run_all.py --copy-only notebooks   # then pytest --nbmake --overwrite build/executed/runs/...
+    python tools/run_all.py --split                 # the executed runs -> lesson and solution copies
 
-only copies the stored notebooks into a fresh build/executed/ for
-`pytest --nbmake --overwrite` to execute in place (that is what `make test`
-does, so that CI executes each notebook once and the site reuses the result).
+`--copy-only` writes the notebooks to execute into a fresh build/executed/runs/
+for `pytest --nbmake --overwrite` to execute in place, and `--split` turns the
+executed runs into the lesson and solution copies; that is what `make test`
+does, so that CI executes each notebook once and the site reuses the result.
+
+A lesson and its solution run in one kernel: the run is the lesson, then its
+solved exercise cells (the solutions notebook differs from its lesson only in
+the cells tagged `exercise-N`, and every lesson ends with its exercises). The
+lesson's copy gets the lesson's cells; the solution's copy gets the same
+executed cells with each exercise replaced by its solved, executed twin. So a
+solution costs only what its exercises compute, not a second run of the
+lesson (17 of the 77 core-minutes of a CI run at 0e2787d).
 
 Either way build/executed/run_info.json records, at execution time, the
 hardware that runs the notebooks and the git commit they come from; the site
@@ -40,6 +50,11 @@ RUN_INFO = "run_info.json"
 # and with MPLBACKEND=Agg (as CI sets for the unit tests) plt.show() shows nothing: no plots in
 # the executed copies. `make test` sets the same for nbmake.
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+
+RUNS = "runs"  # under the output folder: the notebooks as executed, a lesson with its solved exercises appended
+RUN_KEY = "course_run"  # notebook and cell metadata of a run: where its cells go when it is split
+EXERCISE_PREFIX = "exercise-"
 
 
 def notebooks_in(args: list[str]) -> list[Path]:
@@ -117,25 +132,127 @@ def start_run(out: Path, runner: str, *, fresh: bool) -> tuple[dict, str]:
     return info, run_id
 
 
+def repository_path(path: Path) -> str:
+    return path.resolve().relative_to(ROOT).as_posix()
+
+
 def copy_path(path: Path, out: Path) -> tuple[str, Path]:
     """The notebook's name relative to the repository, and where its executed copy lives."""
-    relative = path.resolve().relative_to(ROOT).as_posix()
+    relative = repository_path(path)
     return relative, out / relative
 
 
+# --------------------------------------------------------------------------- a lesson and its solution in one kernel
+
+def exercise_tag(cell) -> str | None:
+    return next((t for t in cell.get("metadata", {}).get("tags", []) if t.startswith(EXERCISE_PREFIX)), None)
+
+
+def group_runs(paths: list[Path]) -> list[tuple[Path, Path | None]]:
+    """(notebook, its solution or None) per kernel: a lesson asked for with its solution runs with it."""
+    chosen = {p.resolve() for p in paths}
+    runs = []
+    for path in paths:
+        solution = path.parent / "solutions" / path.name
+        if path.parent.name == "solutions" and path.parent.parent.joinpath(path.name).resolve() in chosen:
+            continue  # runs in its lesson's kernel
+        runs.append((path, solution if solution.resolve() in chosen else None))
+    return runs
+
+
+def run_notebook(lesson: Path, solution: Path | None):
+    """The notebook one kernel executes: the lesson, then (if given) the solution's solved exercise cells.
+
+    Refused where the solution is not its lesson with the exercise cells replaced
+    (run tools/sync_solutions.py), or where a lesson cell follows its first
+    exercise: the solved cells run after the whole lesson, so they must be last.
+    """
+    notebook = nbformat.read(lesson, as_version=4)
+    notebook.metadata[RUN_KEY] = {"lesson": repository_path(lesson),
+                                  "solution": repository_path(solution) if solution else None}
+    if solution is None:
+        return notebook
+    solved = nbformat.read(solution, as_version=4)
+    tags = [exercise_tag(c) for c in notebook.cells]
+    first = next((i for i, t in enumerate(tags) if t), len(tags))
+    if any(t is None and c.cell_type == "code" for t, c in zip(tags[first:], notebook.cells[first:])):
+        raise ValueError(f"{lesson}: a code cell follows the first exercise; the solved exercises run after "
+                         "the whole lesson, so a lesson ends with its exercises (move the cell above them).")
+    expected = [(c.cell_type, c.source) for c in notebook.cells]
+    got = [(c.cell_type, c.source) for c in solved.cells]
+    replaced = [i for i, t in enumerate(tags) if t]
+    if len(got) != len(expected) or any(got[i] != expected[i] for i in range(len(got)) if i not in replaced) or \
+            [exercise_tag(solved.cells[i]) for i in replaced] != [tags[i] for i in replaced]:
+        raise ValueError(f"{solution} is not {lesson} with its exercise cells solved: run "
+                         "`python tools/sync_solutions.py`, then again.")
+    for i in replaced:
+        cell = solved.cells[i]
+        cell.metadata[RUN_KEY] = {"solves": tags[i], "id": cell.get("id")}
+        if "id" in cell:
+            cell.id = f"solved-{i}"  # cell ids are unique within a notebook; the solution's own comes back in split
+        notebook.cells.append(cell)
+    return notebook
+
+
+def split_run(run) -> dict[str, object]:
+    """{repository path: executed notebook} for the lesson, and its solution if the run holds one."""
+    import copy as copying
+
+    where = run.metadata.get(RUN_KEY)
+    if not where:
+        raise ValueError("not a notebook written by `run_all.py --copy-only` (no course_run metadata)")
+    solved = {c.metadata[RUN_KEY]["solves"]: c for c in run.cells if RUN_KEY in c.get("metadata", {})}
+    lesson = copying.deepcopy(run)
+    del lesson.metadata[RUN_KEY]
+    lesson.cells = [c for c in lesson.cells if RUN_KEY not in c.get("metadata", {})]
+    copies = {where["lesson"]: lesson}
+    if where["solution"]:
+        solution = copying.deepcopy(lesson)
+        solution.cells = [copying.deepcopy(solved[exercise_tag(c)]) if exercise_tag(c) else c for c in solution.cells]
+        count = 0
+        for cell in solution.cells:
+            original = cell.metadata.pop(RUN_KEY, {}).get("id")
+            if original:
+                cell.id = original
+            if cell.cell_type == "code" and cell.get("execution_count"):
+                count += 1  # numbered as one top-to-bottom run; its exercises ran after the lesson's
+                cell.execution_count = count
+                for output in cell.outputs:
+                    if "execution_count" in output:
+                        output.execution_count = count
+        copies[where["solution"]] = solution
+    return copies
+
+
+def split_runs(out: Path) -> int:
+    """Write the lesson and solution copies of every executed run in `out`/runs."""
+    written = 0
+    for path in sorted((out / RUNS).rglob("*.ipynb")):
+        for relative, notebook in split_run(nbformat.read(path, as_version=4)).items():
+            target = out / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            nbformat.write(notebook, target)
+            written += 1
+    print(f"split {len(list((out / RUNS).rglob('*.ipynb')))} executed runs into {written} lesson and solution copies")
+    return 0
+
+
 def copy_only(paths: list[Path], out: Path) -> int:
-    """A fresh `out` holding copies of the stored notebooks, for `pytest --nbmake --overwrite`."""
+    """A fresh `out`/runs holding the notebooks to execute, for `pytest --nbmake --overwrite`, then `--split`."""
     if out.exists():
         shutil.rmtree(out)
     info, run_id = start_run(out, "nbmake", fresh=True)
-    for path in paths:
-        relative, copy = copy_path(path, out)
+    runs = group_runs(paths)
+    for lesson, solution in runs:
+        relative, copy = copy_path(lesson, out / RUNS)
         copy.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, copy)
-        info["notebooks"][relative] = {"run": run_id}
+        nbformat.write(run_notebook(lesson, solution), copy)
+        for path in (lesson, solution) if solution else (lesson,):
+            info["notebooks"][repository_path(path)] = {"run": run_id, "kernel": f"{RUNS}/{relative}"}
     save_run_info(out, info)
     record = info["runs"][run_id]
-    print(f"copied {len(paths)} notebooks to {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} "
+    print(f"wrote {len(runs)} runs of {len(paths)} notebooks to "
+          f"{(out / RUNS).relative_to(ROOT) if out.is_relative_to(ROOT) else out / RUNS} "
           f"(commit {record['commit_short']}, {record['device']}: {record['cpu_model']})")
     return 0
 
@@ -147,24 +264,24 @@ def execute(paths: list[Path], out: Path) -> int:
     info, run_id = start_run(out, "tools/run_all.py", fresh=False)
     save_run_info(out, info)
     results = []
-    for path in paths:
-        notebook = nbformat.read(path, as_version=4)
-        relative, copy = copy_path(path, out)
+    for lesson, solution in group_runs(paths):
+        notebook = run_notebook(lesson, solution)
         start = time.perf_counter()
         try:
             # Runs in the stored notebook's own folder, as nbmake does.
             NotebookClient(notebook, timeout=900, kernel_name="python3",
-                           resources={"metadata": {"path": str(path.parent)}}).execute()
+                           resources={"metadata": {"path": str(lesson.parent)}}).execute()
             status = "ok"
         except Exception as exc:
             status = f"FAILED: {type(exc).__name__}"
         seconds = time.perf_counter() - start
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        nbformat.write(notebook, copy)
-        info["notebooks"][relative] = {"run": run_id, "seconds": round(seconds, 1), "status": status}
+        for relative, copy in split_run(notebook).items():
+            (out / relative).parent.mkdir(parents=True, exist_ok=True)
+            nbformat.write(copy, out / relative)
+            info["notebooks"][relative] = {"run": run_id, "seconds": round(seconds, 1), "status": status}
         save_run_info(out, info)
-        results.append((path, seconds, status))
-        print(f"{seconds:7.1f} s  {status:8}  {path}", flush=True)
+        results.append((lesson, seconds, status))
+        print(f"{seconds:7.1f} s  {status:8}  {lesson}{' with its solution' if solution else ''}", flush=True)
     failed = [r for r in results if r[2] != "ok"]
     print(f"{len(results) - len(failed)} passed, {len(failed)} failed; total {sum(r[1] for r in results):.0f} s")
     return 1 if failed else 0
@@ -175,10 +292,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="*", help="notebooks or folders (default: notebooks)")
     parser.add_argument("--out", type=Path, default=EXECUTED, help="where the executed copies go")
     parser.add_argument("--copy-only", action="store_true",
-                        help="start a fresh OUT with copies of the notebooks, for pytest --nbmake --overwrite")
+                        help="start a fresh OUT with the runs to execute (OUT/runs), for pytest --nbmake --overwrite")
+    parser.add_argument("--split", action="store_true",
+                        help="write the lesson and solution copies of the executed runs in OUT/runs")
     args = parser.parse_args(argv)
-    paths = notebooks_in(args.paths)
     out = args.out.resolve()
+    if args.split:
+        return split_runs(out)
+    paths = notebooks_in(args.paths)
     return copy_only(paths, out) if args.copy_only else execute(paths, out)
 
 
