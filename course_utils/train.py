@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .answers import answer_loss
-from .data import collate, training_features
+from .data import collate, training_features, trim_to_answers
 
 
 OPTIMIZERS = ("adamw", "paged_adamw_8bit", "adamw_8bit", "sgd")
@@ -300,7 +300,7 @@ def train(model, tokenizer, examples: Sequence[dict], config: TrainConfig, outpu
         for micro in range(config.grad_accum):
             index = batch_indices(len(features), config.batch_size, step * config.grad_accum + micro, config.seed)
             batch = {k: v.to(device) for k, v in collate([features[i] for i in index], tokenizer.pad_token_id).items()}
-            loss = model(**batch).loss / config.grad_accum
+            loss = model(**trim_to_answers(batch)).loss / config.grad_accum  # the LM head only where labels are
             loss.backward()
             step_loss += loss.item()
             result.tokens += int(batch["attention_mask"].sum())

@@ -34,9 +34,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .answers import answer_loss
-from .data import training_features
+from .data import collate, training_features, trim_to_answers
 from .hardware import HardwareProfile, detect
-from .train import (TrainConfig, TrainResult, collate, other_run_error, run_signature, signature_differences,
+from .train import (TrainConfig, TrainResult, other_run_error, run_signature, signature_differences,
                     undo_cpu_inference_packing)
 
 RUN_FILE = "course_run.json"  # the settings a checkpoint folder belongs to
@@ -287,7 +287,7 @@ def build_trainer(model, features: Sequence[dict], config: TrainConfig, pad_id: 
         disable_tqdm=False, **_checkpointing_args(config.gradient_checkpointing),
     )
     trainer = CourseTrainer(model=model, args=args, train_dataset=list(features),
-                            data_collator=lambda batch: collate(batch, pad_id))
+                            data_collator=lambda batch: trim_to_answers(collate(batch, pad_id)))
     trainer.remove_callback(ProgressCallback)
     for callback in list(trainer.callback_handler.callbacks):
         if type(callback).__name__ == "NotebookProgressCallback":

@@ -176,6 +176,58 @@ def test_loss_is_normalised_by_answer_tokens_across_accumulation(tokenizer):
     assert not math.isclose(expected, sum(per_example) / 2, rel_tol=1e-3)  # the mean of means would differ
 
 
+def test_logits_only_where_labels_are_give_the_whole_batchs_loss_and_gradients(tokenizer):
+    """`trim_to_answers` (training and the yardstick) computes the LM head on fewer positions, nothing else."""
+    from course_utils.data import collate, trim_to_answers
+
+    examples = load_examples("sql", "train", limit=6)
+    batch = collate([training_features(tokenizer, e) for e in examples], tokenizer.pad_token_id)
+    trimmed = trim_to_answers(batch)
+    first = int((batch["labels"] != -100).any(dim=0).nonzero()[0])
+    assert trimmed["logits_to_keep"] == batch["labels"].shape[1] - first + 1 < batch["labels"].shape[1]
+    assert (batch["labels"][:, :first] == -100).all()  # what is cut holds no label
+    model = lora_model()
+    model.train()
+    gradients, losses = [], []
+    for inputs in (batch, trimmed):
+        model.zero_grad()
+        loss = model(**inputs).loss
+        loss.backward()
+        losses.append(loss.item())
+        gradients.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert gradients[0].abs().max() > 0
+    torch.testing.assert_close(gradients[1], gradients[0], rtol=1e-5, atol=1e-7)
+    everything = dict(batch, labels=batch["input_ids"].clone())  # every token labelled: nothing to cut
+    assert trim_to_answers(everything)["logits_to_keep"] == batch["labels"].shape[1]
+
+
+def test_generated_answers_come_back_in_the_examples_order_from_length_sorted_batches(tokenizer):
+    """`generate_answers` batches prompts of similar length; each answer must still belong to its example."""
+    from course_utils.answers import generate_answers
+    from course_utils.data import prompt_text
+
+    class AnswersWithItsPromptLength(torch.nn.Module):
+        """A stand-in whose answer is the token whose id is the prompt's length (padding excluded)."""
+
+        def __init__(self):
+            super().__init__()
+            self.weight, self.batches = torch.nn.Parameter(torch.zeros(1)), []
+
+        def generate(self, input_ids, attention_mask, **kwargs):
+            self.batches.append(attention_mask.sum(dim=1).tolist())
+            return torch.cat([input_ids, attention_mask.sum(dim=1, keepdim=True)], dim=1)
+
+    examples = load_examples("sql", "validation", limit=7)
+    lengths = [len(tokenizer(prompt_text(tokenizer, e), add_special_tokens=False)["input_ids"]) for e in examples]
+    assert lengths != sorted(lengths)  # else keeping the order would test nothing
+    model = AnswersWithItsPromptLength()
+    answers = generate_answers(model, tokenizer, examples, batch_size=3, progress=False)
+    assert answers == [tokenizer.decode([n], skip_special_tokens=True).strip() for n in lengths]
+    assert [n for batch in model.batches for n in batch] == sorted(lengths)  # shortest prompts first, together
+    assert [len(batch) for batch in model.batches] == [3, 3, 1]
+
+
 def test_answer_losses_come_back_in_the_examples_order_whatever_the_batching(tokenizer):
     """The yardstick batches examples of similar length; each value must still belong to its example."""
     from course_utils.answers import answer_token_losses

@@ -60,3 +60,25 @@ def collate(features: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
         labels[row, :n] = torch.tensor(f["labels"])
         mask[row, :n] = 1
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def trim_to_answers(batch: dict[str, torch.Tensor]) -> dict:
+    """The same batch, asking a causal LM for logits only where a label needs them.
+
+    With the prompt masked, only the positions that predict answer tokens need
+    the LM head, and the head is a fifth of the tiny model's work per token
+    (49,152 outputs per position; a training example is 133 tokens, 23 of them
+    the answer). transformers' causal LMs take `logits_to_keep=K` (logits for
+    the last K positions); K here reaches back to the position before the
+    batch's first labelled token. The labels are cut to the same K columns: the
+    model's loss shifts labels by one, so each kept logit still meets the next
+    token's label. Every dropped column holds only -100, so the loss, its
+    gradients and the Trainer's count of answer tokens are those of the whole
+    batch, up to float rounding. A batch with a label on every token (lesson
+    04's unmasked prompt) keeps every position.
+    """
+    labels = batch["labels"]
+    length = labels.shape[1]
+    labelled = (labels != -100).any(dim=0).nonzero()
+    keep = length - max(1, int(labelled[0])) + 1 if len(labelled) else 1
+    return {**batch, "labels": labels[:, length - keep:], "logits_to_keep": keep}
