@@ -245,6 +245,21 @@ def adapter_example_losses(settings: AdapterSettings, split: str = "validation",
     return ExampleLosses.of(*computed_once(folder / f"losses-{split}-{n or 'all'}.json", score))
 
 
+def seed_runs(name: str, profile: HardwareProfile | None = None, **change) -> list:
+    """One arm of a comparison: the yardstick of `experiment_settings(profile, seed=seed, **change)` per seed.
+
+    Each adapter comes from the cache or is trained (on a CPU a minute or two
+    per seed); each result is printed as it arrives, so a long comparison shows
+    its progress run by run. Returns one `ExampleLosses` per seed in `SEEDS`,
+    ready for `course_utils.compare.compare_runs`.
+    """
+    runs = []
+    for seed in SEEDS:
+        runs.append(adapter_example_losses(experiment_settings(profile, seed=seed, **change), profile=profile))
+        print(f"{name}, seed {seed}: answer loss {runs[-1].mean:.4f}", flush=True)
+    return runs
+
+
 TRANSFER_SPLIT = "transfer"  # the hand-written transfer check (data/transfer/), scored like a split
 
 
