@@ -34,11 +34,13 @@ run-all: setup
 # wait for each other's lock instead of training it twice).
 JOBS ?= 2
 PARALLEL = -n $(JOBS) --dist loadfile
-# Longest first, so that the two workers finish together (measured spans in docs/measurements.md §2).
-# Each worker holds its next notebook queued. The notebooks are named one by one: given a folder, pytest (8+)
-# collects its files in name order, whatever came first on the command line.
+# Longest first, so that the two workers finish together (measured spans in docs/measurements.md §2). xdist
+# hands each worker two notebooks at first (1st and 3rd to one, 2nd and 4th to the other), then one more whenever
+# one starts: lesson 05 (the long pole) and then 10 on one worker; 02, 09, 04 and 11 on the other, 11 once 05's
+# runs are in the cache (a notebook needing an adapter that another is training waits for its lock). The
+# notebooks are named one by one: given a folder, pytest (8+) collects its files in name order.
 RUNS = build/executed/runs/notebooks
-ORDER = 04 02 08 09 10 07 03 06 05 00 01
+ORDER = 05 02 10 09 04 11 08 03 07 06 00 01
 test: setup
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest tests $(PARALLEL) --durations=25 -m "not browser"
 	$(PY) tools/run_all.py --copy-only notebooks

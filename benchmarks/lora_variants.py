@@ -12,14 +12,14 @@ whether a difference stands out of the noise (every seed, beyond two standard er
 What each pair answers:
 
 - DoRA vs LoRA, PiSSA vs LoRA: do PEFT's variants (`use_dora=True`,
-  `init_lora_weights="pissa_niter_4"`) learn more in the same steps? (lesson 04)
-- QLoRA vs LoRA: the gap lesson 08 measures.
+  `init_lora_weights="pissa_niter_4"`) learn more in the same steps? (lesson 05)
+- QLoRA vs LoRA: the gap lesson 09 measures.
 - LoRA on the dequantized NF4 base vs QLoRA: both see the same weights Q(W); one computes with them
   stored in fp32, the other dequantizes NF4 codes in every forward pass. If the two agree, the 4-bit
   training path adds nothing to the gap and the rounded base explains it.
 - LoRA on the dequantized NF4 base vs LoRA: the cost of the rounded base alone.
 - QLoRA with LoftQ's start vs QLoRA, and vs LoRA: does starting B A at the best rank-r part of
-  W - Q(W) help after training, and how much of the gap to LoRA is left? (lesson 08 shows the error it
+  W - Q(W) help after training, and how much of the gap to LoRA is left? (lesson 09 shows the error it
   removes at step 0)
 
 Not a test: minutes per arm on a CPU. The LoRA and QLoRA arms are the course's cached adapters; the

@@ -116,7 +116,7 @@ def train_steps(model, steps: int, batch: int, seq_len: int, grad_accum: int, pr
                 gradient_checkpointing: bool = True, seed: int = 0) -> tuple[list[float], list[float]]:
     """`steps` optimizer steps on random tokens through the capstone's Trainer path; (losses, seconds per step).
 
-    The same `course_utils.trainer.build_trainer` as lesson 09: fp16 autocast with loss
+    The same `course_utils.trainer.build_trainer` as lesson 10: fp16 autocast with loss
     scaling on an fp16 profile, bf16 on a bf16 one, the chosen optimizer, gradient checkpointing.
     """
     import tempfile

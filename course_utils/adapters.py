@@ -143,8 +143,8 @@ def train_adapter(settings: AdapterSettings, profile: HardwareProfile, output_di
     drawn, the validation curve (skip it with `validation_curve=False`).
     `lora_changes` replaces `LoraConfig` fields (DoRA, PiSSA),
     `before_training(model)` edits the start (LoftQ) and `make_features` the
-    labels (lesson 04 labels the prompt too), so a variant differs from the
-    cached adapter in that one thing only (lesson 04, benchmarks/lora_variants.py).
+    labels (lesson 05 labels the prompt too), so a variant differs from the
+    cached adapter in that one thing only (lesson 05, benchmarks/lora_variants.py).
     Checkpoints go to `output_dir` (None: a scratch folder, no checkpoints kept).
     """
     from peft import get_peft_model
@@ -194,7 +194,7 @@ def read_train_log(folder: Path) -> dict:
 def course_adapter_settings(profile: HardwareProfile | None = None, task: str = "sql", **changes) -> AdapterSettings:
     """The course's standard adapter: LoRA r=8, alpha=16 on all linear layers.
 
-    Lessons 04, 08, 09 and 10 ask for it by these settings, so it is trained
+    Lessons 04, 05, 09, 10 and 11 ask for it by these settings, so it is trained
     once and then read from the cache. `changes` vary one knob (a rank sweep).
     The learning rate follows the step budget: a CPU's short runs (12 to 80
     steps) take 2e-3, which data/README.md's calibration measured against 1e-3
@@ -215,7 +215,7 @@ def experiment_settings(profile: HardwareProfile | None = None, task: str = "sql
     """The budget every comparison of the course trains with: rank, targets, QLoRA vs LoRA, learning rate...
 
     The standard adapter's settings with a short CPU run (12 steps of 4
-    examples; on a GPU the full standard budget). Lessons 04, 08 and 10 ask for
+    examples; on a GPU the full standard budget). Lessons 04, 05, 09 and 11 ask for
     the same settings, so each adapter is trained once and read from the cache.
     """
     profile = profile or detect()
@@ -310,7 +310,7 @@ def base_example_losses(task: str = "sql", split: str = "validation", n: int | N
     """The untrained base model's yardstick per question (`ExampleLosses`), its weights stored as
     `quantization` says (None, "int8", "fp4", "nf4"); cached by the questions' content.
 
-    Every comparison with "no training" (lessons 04 and 08, their solutions)
+    Every comparison with "no training" (lessons 04 and 09, their solutions)
     reads this one computation, and so does the first point of every plain LoRA
     run's validation curve (`train_adapter`; `whole_split_on_gpu=False` keeps `n`
     on a GPU too).

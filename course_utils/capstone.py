@@ -1,6 +1,6 @@
 """The capstone's recipe: every setting of a QLoRA run in one object, and where its files go.
 
-Lesson 09 fine-tunes a 7B model on a GPU (or the tiny model on a CPU) with
+Lesson 10 fine-tunes a 7B model on a GPU (or the tiny model on a CPU) with
 transformers' Trainer (`course_utils.trainer.train_with_trainer`). What this
 module adds is small:
 

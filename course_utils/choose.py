@@ -25,7 +25,7 @@ method is "does not fit" and the reason says how much memory is missing.
 
 For serving, `serving_bytes` compares one base plus N adapters with N merged
 copies, and `fastest_modes` reads timings of serving modes against their own
-noise (lesson 10 times mixed-adapter batches, set_adapter and merged copies).
+noise (lesson 11 times mixed-adapter batches, set_adapter and merged copies).
 """
 
 from __future__ import annotations

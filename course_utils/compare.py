@@ -5,7 +5,7 @@ vs FP4, learning rates) on short CPU runs, with the held-out answer loss as
 the yardstick (lower is better). Two things make one run's number noisy:
 
 - the training seed (data order, initialisation): two seeds of the *same*
-  recipe can differ by more than two recipes do (lesson 04 measures it);
+  recipe can differ by more than two recipes do (lesson 05 measures it);
 - the sample of validation questions the loss is averaged over.
 
 So `compare_runs` takes, for each choice, one run per seed, with the *same*

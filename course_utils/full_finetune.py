@@ -1,6 +1,6 @@
 """The cached full fine-tune of q_proj and v_proj.
 
-Lesson 02 takes the SVD of its update ΔW = W_after - W_before; lesson 10
+Lesson 02 takes the SVD of its update ΔW = W_after - W_before; lesson 11
 compares it with LoRA at equal steps on the same yardstick. Trained with the
 course's own loop (`course_utils.train.train`), once per settings.
 """
@@ -26,7 +26,7 @@ from .train import train, TrainConfig
 
 # ---------------------------------------------------------------------------
 # Cached full fine-tune of q_proj and v_proj (lesson 02 takes the SVD of its update;
-# lesson 10 compares it with LoRA at equal steps)
+# lesson 11 compares it with LoRA at equal steps)
 # ---------------------------------------------------------------------------
 
 FULL_FINETUNE_FILE = "delta_w.safetensors"  # ΔW = W_after - W_before per trained matrix; written last

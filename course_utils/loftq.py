@@ -1,9 +1,9 @@
-"""LoftQ's starting point for an adapter on a 4-bit base (lesson 08).
+"""LoftQ's starting point for an adapter on a 4-bit base (lesson 09).
 
 QLoRA starts B at zero, so the adapter first has to undo the quantization
-error W - Q(W) of lesson 07 before it can learn the task. LoftQ (Li et al.
+error W - Q(W) of lesson 08 before it can learn the task. LoftQ (Li et al.
 2023) starts B A at the best rank-r approximation of that error instead: the
-truncated SVD of lesson 01, applied to lesson 07's error.
+truncated SVD of lesson 01, applied to lesson 08's error.
 """
 
 from __future__ import annotations

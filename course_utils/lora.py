@@ -252,6 +252,19 @@ def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def lora_budget(model: nn.Module, targets: Sequence[str], r: int) -> int:
+    """Trainable parameters of a rank-`r` LoRA on `targets`: r (in + out) for every targeted nn.Linear.
+
+    Computed from the base model's shapes before any adapter exists, so a plan
+    (or a fair comparison of two target sets, lesson 05) needs no PEFT model;
+    lesson 04 checks it against PEFT's own count. A module is targeted when the
+    last part of its name is one of `targets`, as PEFT matches `target_modules`.
+    """
+    check_rank(r)
+    return sum(r * (m.in_features + m.out_features) for name, m in model.named_modules()
+               if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in targets)
+
+
 def merge_lora(model: nn.Module) -> nn.Module:
     """Merge every LoraLinear into its base layer and put the plain nn.Linear back.
 

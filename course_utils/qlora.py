@@ -1,6 +1,6 @@
 """QLoRA opened up: what a 4-bit model stores, what it computes with, and how its adapters start.
 
-Lessons 07 and 08 use these helpers; each one is small and says why it exists.
+Lessons 08 and 09 use these helpers; each one is small and says why it exists.
 
 - `load_format` loads the tiny model in one storage format (fp32, int8, FP4, NF4,
   NF4 + double quantization) and makes sure bitsandbytes' CPU bf16 shortcut is off,
@@ -98,7 +98,7 @@ def tensor_bytes(tensor: torch.Tensor) -> int:
 
 
 def role(name: str, module: torch.nn.Module) -> str:
-    """What a module is for, in the words of lesson 07's storage table."""
+    """What a module is for, in the words of lesson 08's storage table."""
     import bitsandbytes as bnb
 
     if "lora_" in name:
@@ -240,7 +240,7 @@ def dequantized_equivalent(model4bit: torch.nn.Module, profile: HardwareProfile 
 
     Every 4-bit weight is dequantized once and, where the adapter is attached,
     its update scaling x B @ A is added: this is merging into a dequantized base
-    (lesson 08). Pass adapter_name=None to leave the adapter out (the plain Q(W)
+    (lesson 09). Pass adapter_name=None to leave the adapter out (the plain Q(W)
     base). The result is a fresh unquantized model of the same architecture in the
     profile's dtype; on a CPU it generates many times faster than the 4-bit model,
     which dequantizes every weight again for every new token.

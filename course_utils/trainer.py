@@ -308,7 +308,7 @@ def train_with_trainer(model, tokenizer, examples: Sequence[dict], config: Train
     stops with an error before touching anything. `eval_examples` and
     `config.eval_every` record the validation answer loss for a validation curve.
     `make_features(tokenizer, example, max_length)` turns an example into input
-    ids and labels (default: the prompt masked); lesson 04 trains one variant
+    ids and labels (default: the prompt masked); lesson 05 trains one variant
     that labels the prompt too. `eval_start`: the validation answer loss before the first
     step, when the caller already knows it (a LoRA run starts as its base model,
     whose value `course_utils.adapters` caches), so it is not computed again.

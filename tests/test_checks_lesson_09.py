@@ -1,77 +1,92 @@
-"""Self-checks of lesson 09: placeholder, typical wrong answers, right answer."""
+"""Self-checks of lesson 09 (QLoRA training): placeholder, typical wrong answers, right answer.
+
+Expected values are computed here by hand from shapes and constructed matrices, not copied from a run.
+"""
+
+import pytest
+import torch
 
 from course_utils import checks
 from course_utils.checks import NOT_ATTEMPTED, WRONG
-from course_utils.hardware import GIB
-from course_utils.memory import T4, load_config, model_layout, plan_memory, resolve_targets
+from course_utils.compare import ExampleLosses
+
+CONFIG = {"model_type": "llama", "hidden_size": 512, "intermediate_size": 1024, "num_hidden_layers": 2,
+          "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 1000, "tie_word_embeddings": False,
+          "max_position_embeddings": 256}
 
 
-def _too_big_plan():
-    return plan_memory("qwen2.5-7b", "qlora", rank=16, batch=4, seq_len=1024, gradient_checkpointing=True,
-                       optimizer="paged_adamw_8bit", profile=T4)
+def test_paged_full_finetune_bytes():
+    from course_utils.memory import load_config
+
+    config = load_config(CONFIG)
+    big = [512 * 512, 512 * 512, 512 * 1024, 512 * 1024, 1024 * 512]  # q, o, gate, up, down: >= 100,000 elements
+    small = [512 * 128, 512 * 128, 512, 512]  # k, v (2 kv heads of 64) and the two norms: not paged
+    paged = 2 * sum(big) + 2 * 1000 * 512  # two layers, plus the embeddings and the untied lm_head
+    everything = paged + 2 * sum(small) + 512  # ... and the final norm
+    check = checks.check_paged_full_finetune_bytes
+    assert check(..., config).status == NOT_ATTEMPTED
+    assert check(2 * paged, config).correct  # two 8-bit moments per element
+    assert "GiB" in check(2 * paged / 2**30, config).message
+    assert "pages every tensor" in check(2 * everything, config).message
+    assert "32bit" in check(8 * paged, config).message
+    assert "two moments" in check(paged, config).message
+    assert check(-1, config).status == WRONG
+    assert check(3 * paged, config).status == WRONG
 
 
-OPTIONS = {"a": {"rank": 4}, "b": {"optimizer": "sgd"}, "c": {"batch": 1}, "d": {"double_quant": False}}
+def constructed_error(values=(4.0, 3.0, 2.0, 1.0)):
+    """A 6 x 5 matrix with the given singular values."""
+    generator = torch.Generator().manual_seed(0)
+    U, _ = torch.linalg.qr(torch.randn(6, 6, generator=generator, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(5, 5, generator=generator, dtype=torch.float64))
+    S = torch.zeros(6, 5, dtype=torch.float64)
+    for i, s in enumerate(values):
+        S[i, i] = s
+    return (U @ S @ V.T).float()
 
 
-def test_fitting_change():
-    plan = _too_big_plan()
-    available = T4.memory_gib * GIB
-    assert not plan.fits(available)
-    fitting = [k for k, change in OPTIONS.items() if plan.replan(**change).fits(available)]
-    assert len(fitting) == 1  # the exercise has exactly one right answer
-    right = fitting[0]
-    assert checks.check_fitting_change(..., plan, T4, OPTIONS).status == NOT_ATTEMPTED
-    assert checks.check_fitting_change(right, plan, T4, OPTIONS).correct
-    assert checks.check_fitting_change(right.upper(), plan, T4, OPTIONS).correct
-    for wrong in set(OPTIONS) - {right}:
-        feedback = checks.check_fitting_change(wrong, plan, T4, OPTIONS)
-        assert feedback.status == WRONG and "saves only" in feedback.message
-    assert "letters" in checks.check_fitting_change("z", plan, T4, OPTIONS).message
+def test_loftq_share():
+    error = constructed_error()
+    right = (16 + 9) / (16 + 9 + 4 + 1)
+    check = checks.check_loftq_share
+    assert check(..., error, 2).status == NOT_ATTEMPTED
+    assert check(right, error, 2).correct
+    assert check(torch.tensor(right), error, 2).correct
+    assert "percentage" in check(100 * right, error, 2).message
+    assert "remains" in check(1 - right, error, 2).message
+    assert "squares" in check((4 + 3) / 10, error, 2).message
+    assert "drop of the norm" in check(1 - (5 / 30) ** 0.5, error, 2).message
+    assert check(0.5, error, 2).status == WRONG
 
 
-def test_optimizer_steps():
-    n, batch, accum, epochs = 2400, 2, 4, 3
-    expected = sum(1 for _ in range(0, epochs * (n // batch), accum))  # one step per `accum` micro-batches
-    assert checks.check_optimizer_steps(..., n, batch, accum, epochs).status == NOT_ATTEMPTED
-    assert checks.check_optimizer_steps(expected, n, batch, accum, epochs).correct
-    assert "micro-batches" in checks.check_optimizer_steps(epochs * n // batch, n, batch, accum, epochs).message
-    assert "epochs" in checks.check_optimizer_steps(expected // epochs, n, batch, accum, epochs).message
-    assert "effective batch" in checks.check_optimizer_steps(epochs * n, n, batch, accum, epochs).message
-    assert checks.check_optimizer_steps(expected + 1, n, batch, accum, epochs).status == WRONG
-    # an incomplete micro-batch is dropped: 7 examples in batches of 2 give 3 micro-batches per epoch
-    assert checks.check_optimizer_steps(3, 7, 2, 1, 1).correct
+def losses(means, counts=(10, 20, 30, 40)):
+    return ExampleLosses.of([m * c for m, c in zip(means, counts)], counts)
 
 
-def test_adapter_params():
-    config = load_config("qwen2.5-7b")
-    layout = model_layout(config)
-    right = sum(16 * (lin.in_features + lin.out_features) for lin in resolve_targets(layout, "all-linear"))
-    assert checks.check_config_adapter_params(..., config, 16).status == NOT_ATTEMPTED
-    assert checks.check_config_adapter_params(right, config, 16).correct
-    h, layers = config.hidden_size, config.num_hidden_layers
-    kv = config.num_key_value_heads * h // config.num_attention_heads
-    no_gqa = right + layers * 2 * 16 * (h - kv)  # k and v as if they were hidden x hidden
-    assert "grouped-query" in checks.check_config_adapter_params(no_gqa, config, 16).message
-    attention = sum(16 * (lin.in_features + lin.out_features) for lin in resolve_targets(layout, "attention"))
-    assert "gate" in checks.check_config_adapter_params(attention, config, 16).message
-    assert "one decoder layer" in checks.check_config_adapter_params(right // layers, config, 16).message
-    assert "bytes" in checks.check_config_adapter_params(4 * right, config, 16).message
-    assert checks.check_config_adapter_params(right + 1, config, 16).status == WRONG
-    assert checks.check_config_adapter_params("forty million", config, 16).status == WRONG
+def test_base_format_experiment():
+    nf4 = losses([1.0, 1.2, 0.9, 1.1])
+    much_higher = losses([1.2, 1.4, 1.1, 1.3])  # every question 0.2 higher: far beyond the noise
+    much_lower = losses([0.8, 1.0, 0.7, 0.9])
+    mixed = losses([1.05, 1.15, 0.95, 1.05])  # some up, some down: no difference detected
+    check = checks.check_base_format_experiment
+    assert check(..., ..., nf4).status == NOT_ATTEMPTED
+    assert check("higher", ..., nf4).status == NOT_ATTEMPTED
+    assert check("higher", much_higher, nf4).correct
+    assert check("higher", (list(much_higher.sums), list(much_higher.counts)), nf4).correct  # (sums, counts) works
+    wrong = check("about the same", much_higher, nf4)
+    assert wrong.status == WRONG and "observation is right" in wrong.message and "higher" in wrong.message
+    assert "normally distributed" in wrong.message
+    assert "Q4_1" in check("higher", much_lower, nf4).message
+    assert check("lower", much_lower, nf4).correct
+    assert check("about the same", mixed, nf4).correct
+    assert "inside the noise" in check("lower", mixed, nf4).message
+    assert "same yardstick questions" in check("higher", losses([1.0, 1.0, 1.0], (10, 20, 30)), nf4).message
+    assert "NF4 losses again" in check("higher", nf4, nf4).message
+    assert "ExampleLosses" in check("higher", "0.9", nf4).message
+    assert check("maybe", much_higher, nf4).status == WRONG
 
 
-def test_learning_rate_experiment_judges_the_run_and_the_prediction():
-    from course_utils.train import TrainResult
-
-    reference = TrainResult(losses=[1.8, 1.6, 1.6, 0.8, 0.8, 0.7])
-    blown_up = TrainResult(losses=[1.8, 1.6, 1.3, 2.4, 2.6, 3.3])
-    assert checks.check_learning_rate_experiment(..., ..., reference, 1e-2).status == NOT_ATTEMPTED
-    assert checks.check_learning_rate_experiment("higher", blown_up, reference, 1e-2).correct
-    wrong = checks.check_learning_rate_experiment("lower", blown_up, reference, 1e-2)
-    assert wrong.status == WRONG and "overshoot" in wrong.message
-    same = checks.check_learning_rate_experiment("higher", reference, reference, 1e-2)
-    assert same.status == WRONG and "change the learning rate" in same.message
-    other_start = TrainResult(losses=[1.9, 1.6, 1.3, 2.4, 2.6, 3.3])
-    assert "fresh_start" in checks.check_learning_rate_experiment("higher", other_start, reference, 1e-2).message
-    assert "set `observed`" in checks.check_learning_rate_experiment("higher", ..., reference, 1e-2).message
+@pytest.mark.parametrize("word", ["Higher", " higher ", "larger"])
+def test_prediction_words(word):
+    nf4 = losses([1.0, 1.2, 0.9, 1.1])
+    assert checks.check_base_format_experiment(word, losses([1.2, 1.4, 1.1, 1.3]), nf4).correct

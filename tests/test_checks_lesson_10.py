@@ -1,96 +1,77 @@
 """Self-checks of lesson 10: placeholder, typical wrong answers, right answer."""
 
-import math
-
 from course_utils import checks
 from course_utils.checks import NOT_ATTEMPTED, WRONG
-from course_utils.choose import serving_bytes
-from course_utils.hardware import GIB, HardwareProfile
-from course_utils.memory import plan_memory
-
-T4 = HardwareProfile("cuda", "Tesla T4", 14.7, (7, 5), native_bf16=False)
-SETTINGS = dict(method="qlora", rank=16, seq_len=1024, gradient_checkpointing=True, optimizer="paged_adamw_8bit")
+from course_utils.hardware import GIB
+from course_utils.memory import T4, load_config, model_layout, plan_memory, resolve_targets
 
 
-def _fits(batch, share=0.9, **changes):
-    plan = plan_memory("qwen2.5-7b", profile=T4, batch=batch, **(SETTINGS | changes))
-    return plan.total <= share * T4.memory_gib * GIB
+def _too_big_plan():
+    return plan_memory("qwen2.5-7b", "qlora", rank=16, batch=4, seq_len=1024, gradient_checkpointing=True,
+                       optimizer="paged_adamw_8bit", profile=T4)
 
 
-def _largest(share=0.9, **changes):
-    b = 0
-    while _fits(b + 1, share, **changes):
-        b += 1
-    return b
+OPTIONS = {"a": {"rank": 4}, "b": {"optimizer": "sgd"}, "c": {"batch": 1}, "d": {"double_quant": False}}
 
 
-def test_largest_batch():
-    right = _largest()  # a plain linear search, independent of the check's bisection
-    assert right >= 1 and not _fits(right + 1)
-    check = lambda a: checks.check_largest_batch(a, "qwen2.5-7b", T4, **SETTINGS)
-    assert check(...).status == NOT_ATTEMPTED
-    assert check(right).correct
-    assert "does NOT fit" in check(right + 1).message
-    assert check(max(1, right - 1)).status == WRONG
-    full = _largest(share=1.0)
-    if full != right and full != right + 1:
-        assert "headroom" in check(full).message
-    assert check("eight").status == WRONG
+def test_fitting_change():
+    plan = _too_big_plan()
+    available = T4.memory_gib * GIB
+    assert not plan.fits(available)
+    fitting = [k for k, change in OPTIONS.items() if plan.replan(**change).fits(available)]
+    assert len(fitting) == 1  # the exercise has exactly one right answer
+    right = fitting[0]
+    assert checks.check_fitting_change(..., plan, T4, OPTIONS).status == NOT_ATTEMPTED
+    assert checks.check_fitting_change(right, plan, T4, OPTIONS).correct
+    assert checks.check_fitting_change(right.upper(), plan, T4, OPTIONS).correct
+    for wrong in set(OPTIONS) - {right}:
+        feedback = checks.check_fitting_change(wrong, plan, T4, OPTIONS)
+        assert feedback.status == WRONG and "saves only" in feedback.message
+    assert "letters" in checks.check_fitting_change("z", plan, T4, OPTIONS).message
 
 
-def test_largest_fitting_batch_is_zero_when_nothing_fits():
-    assert checks.largest_fitting_batch("llama-70b", T4, **SETTINGS) == 0
+def test_optimizer_steps():
+    n, batch, accum, epochs = 2400, 2, 4, 3
+    expected = sum(1 for _ in range(0, epochs * (n // batch), accum))  # one step per `accum` micro-batches
+    assert checks.check_optimizer_steps(..., n, batch, accum, epochs).status == NOT_ATTEMPTED
+    assert checks.check_optimizer_steps(expected, n, batch, accum, epochs).correct
+    assert "micro-batches" in checks.check_optimizer_steps(epochs * n // batch, n, batch, accum, epochs).message
+    assert "epochs" in checks.check_optimizer_steps(expected // epochs, n, batch, accum, epochs).message
+    assert "effective batch" in checks.check_optimizer_steps(epochs * n, n, batch, accum, epochs).message
+    assert checks.check_optimizer_steps(expected + 1, n, batch, accum, epochs).status == WRONG
+    # an incomplete micro-batch is dropped: 7 examples in batches of 2 give 3 micro-batches per epoch
+    assert checks.check_optimizer_steps(3, 7, 2, 1, 1).correct
 
 
-def test_adapters_vs_copies():
-    sizes = serving_bytes("qwen2.5-7b", 1, rank=16, dtype="bf16")
-    usable = 0.9 * 79.2 * GIB
-    right = (math.floor(usable / sizes["base"]), math.floor((usable - sizes["base"]) / sizes["adapter"]))
-    check = lambda a: checks.check_adapters_vs_copies(a, "qwen2.5-7b", 79.2, rank=16, dtype="bf16")
-    assert check((..., ...)).status == NOT_ATTEMPTED
-    assert check(...).status == NOT_ATTEMPTED
-    assert check(right).correct
-    assert "headroom" in check((math.floor(79.2 * GIB / sizes["base"]), right[1])).message \
-        or math.floor(79.2 * GIB / sizes["base"]) == right[0]
-    assert "base model takes its share" in check((right[0], math.floor(usable / sizes["adapter"]))).message
-    assert "pair" in check(right[0]).message
-    assert check((right[0] + 1, right[1])).status == WRONG
+def test_adapter_params():
+    config = load_config("qwen2.5-7b")
+    layout = model_layout(config)
+    right = sum(16 * (lin.in_features + lin.out_features) for lin in resolve_targets(layout, "all-linear"))
+    assert checks.check_config_adapter_params(..., config, 16).status == NOT_ATTEMPTED
+    assert checks.check_config_adapter_params(right, config, 16).correct
+    h, layers = config.hidden_size, config.num_hidden_layers
+    kv = config.num_key_value_heads * h // config.num_attention_heads
+    no_gqa = right + layers * 2 * 16 * (h - kv)  # k and v as if they were hidden x hidden
+    assert "grouped-query" in checks.check_config_adapter_params(no_gqa, config, 16).message
+    attention = sum(16 * (lin.in_features + lin.out_features) for lin in resolve_targets(layout, "attention"))
+    assert "gate" in checks.check_config_adapter_params(attention, config, 16).message
+    assert "one decoder layer" in checks.check_config_adapter_params(right // layers, config, 16).message
+    assert "bytes" in checks.check_config_adapter_params(4 * right, config, 16).message
+    assert checks.check_config_adapter_params(right + 1, config, 16).status == WRONG
+    assert checks.check_config_adapter_params("forty million", config, 16).status == WRONG
 
 
-def test_equivalent_alpha():
-    check = lambda a: checks.check_equivalent_alpha(a, r_old=8, alpha_old=16, r_new=32)
-    assert check((..., ...)).status == NOT_ATTEMPTED
-    assert check((64, 2 * math.sqrt(32))).correct
-    assert "fixed" in check((16, 2 * math.sqrt(32))).message
-    assert "sqrt(r), not r" in check((64, 64)).message
-    assert check((64, 16)).status == WRONG
-    assert "pair" in check(64).message
+def test_learning_rate_experiment_judges_the_run_and_the_prediction():
+    from course_utils.train import TrainResult
 
-
-MODES = ["one batch, adapter_names", "set_adapter per adapter", "merged copy per adapter"]
-SQL_ONLY = [{"task": "sql"}] * 4
-CLEAR = {MODES[0]: [2.2, 2.1], MODES[1]: [2.0, 2.05], MODES[2]: [1.5, 1.52]}  # merged clearly fastest
-TIED = {MODES[0]: [2.0, 2.4], MODES[1]: [2.1, 2.2], MODES[2]: [1.95, 2.3]}  # 20% noise: all within it
-
-
-def serving(prediction, observed, requests=SQL_ONLY):
-    return checks.check_serving_experiment(prediction, observed, requests=requests, modes=MODES)
-
-
-def test_serving_experiment_placeholders_and_inputs():
-    assert serving(..., ...).status == NOT_ATTEMPTED
-    assert "prediction first" in serving(..., CLEAR).message
-    assert "now time" in serving(MODES[2], ...).message
-    assert "not a serving mode" in serving("merged", CLEAR).message
-    assert "seconds only" in serving(MODES[2], (CLEAR, {})).message
-    assert "every mode" in serving(MODES[2], {MODES[0]: [1.0, 1.0]}).message
-    assert "mix tasks" in serving(MODES[2], CLEAR, requests=[{"task": "sql"}, {"task": "json"}]).message
-    assert "could not check" in serving(MODES[2], {m: [1.0] for m in MODES}).message  # one repeat: no noise
-
-
-def test_serving_experiment_judges_against_the_timing_noise():
-    assert serving(MODES[2], CLEAR).correct
-    wrong = serving(MODES[0], CLEAR)
-    assert wrong.status == WRONG and "nothing to mix" in wrong.message and MODES[2] in wrong.message
-    for mode in MODES:  # a tie: any of the tied modes is a right prediction
-        assert serving(mode, TIED).correct
+    reference = TrainResult(losses=[1.8, 1.6, 1.6, 0.8, 0.8, 0.7])
+    blown_up = TrainResult(losses=[1.8, 1.6, 1.3, 2.4, 2.6, 3.3])
+    assert checks.check_learning_rate_experiment(..., ..., reference, 1e-2).status == NOT_ATTEMPTED
+    assert checks.check_learning_rate_experiment("higher", blown_up, reference, 1e-2).correct
+    wrong = checks.check_learning_rate_experiment("lower", blown_up, reference, 1e-2)
+    assert wrong.status == WRONG and "overshoot" in wrong.message
+    same = checks.check_learning_rate_experiment("higher", reference, reference, 1e-2)
+    assert same.status == WRONG and "change the learning rate" in same.message
+    other_start = TrainResult(losses=[1.9, 1.6, 1.3, 2.4, 2.6, 3.3])
+    assert "fresh_start" in checks.check_learning_rate_experiment("higher", other_start, reference, 1e-2).message
+    assert "set `observed`" in checks.check_learning_rate_experiment("higher", ..., reference, 1e-2).message

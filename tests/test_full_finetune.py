@@ -1,4 +1,4 @@
-"""The cached full fine-tune (lesson 02's ΔW, lesson 10's full-FT baseline): trained once, logged like the adapters.
+"""The cached full fine-tune (lesson 02's ΔW, lesson 11's full-FT baseline): trained once, logged like the adapters.
 
 Trains the two-layer mini model (tests/mini_model.py, through the course's loading path) once for 2 steps of
 2 examples with a 2-question validation set, and loads it once: the assertions are about caching and ranks,

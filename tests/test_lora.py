@@ -13,6 +13,7 @@ from course_utils.lora import (
     LoraLinear,
     count_trainable,
     inject_lora,
+    lora_budget,
     lora_layers,
     lora_scaling,
     mark_only_lora_trainable,
@@ -248,3 +249,17 @@ def test_numpy_numbers_are_accepted_as_rank_and_alpha():
     config = LoraConfig(r=np.int64(4), lora_alpha=np.float32(8.0))
     assert config.r == 4 and type(config.r) is int and config.scaling == 2.0
     assert LoraLinear(nn.Linear(8, 8), r=np.int64(2), lora_alpha=np.float64(4.0)).scaling == 2.0
+
+
+@pytest.mark.parametrize("targets", [["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]])
+def test_lora_budget_from_shapes_equals_peft_trainable_count(targets):
+    """Lessons 04 and 05 plan budgets with lora_budget before any adapter exists: PEFT must build exactly that."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    model = tiny_model()
+    predicted = lora_budget(model, targets, r=3)
+    peft_model = get_peft_model(copy.deepcopy(model), PeftLoraConfig(r=3, target_modules=targets))
+    assert predicted == sum(p.numel() for p in peft_model.parameters() if p.requires_grad) > 0
+    with pytest.raises(ValueError, match="r must be an integer at least 1"):
+        lora_budget(model, targets, r=0)

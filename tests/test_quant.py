@@ -162,7 +162,7 @@ def test_bits_per_parameter_equals_bitsandbytes_stored_tensors(double_quant):
     assert math.isclose(stored, Q.bits_per_parameter(w.numel(), double_quant=double_quant))
 
 
-# ---- lesson 05 integer quantization -------------------------------------------------------
+# ---- lesson 06 integer quantization -------------------------------------------------------
 
 def test_absmax_int8_roundtrip_error_is_at_most_half_a_step():
     x = torch.randn(1000, generator=torch.Generator().manual_seed(0))

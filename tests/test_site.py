@@ -4,7 +4,7 @@ Headless Chromium (the system's: Debian's `chromium` package, or $COURSE_CHROMIU
 driven by Playwright, opens every page of the site served on 127.0.0.1 and checks
 that it loads with no console error, no failed or outside request (the site
 must work offline), every image loaded, every internal link resolves (anchors
-included), and that search finds lesson 06. A full-page screenshot of each page
+included), and that search finds lesson 07. A full-page screenshot of each page
 goes to build/screenshots/ (CI keeps it as an artifact).
 
 Marked `browser`: `make test` runs it after building the site, the unit-test
@@ -225,12 +225,12 @@ def test_navigation_lists_the_lessons_in_order(context, server):
     assert [h.split("#")[0] for h in lessons_in_table] == lessons, "the home page's lesson map links every lesson page"
 
 
-def test_search_finds_lesson_06(context, server):
+def test_search_finds_lesson_07(context, server):
     with Visit(context, server, "search.html?q=NF4") as visit:
         visit.page.wait_for_selector("#search-results li a", timeout=30_000)
         results = visit.page.eval_on_selector_all("#search-results li a",
                                                   "links => links.map(a => a.getAttribute('href'))")
         _screenshot(visit.page, "search-NF4")
         problems = visit.problems
-    assert any("06_nf4_from_scratch" in href for href in results), results
+    assert any("07_nf4_from_scratch" in href for href in results), results
     assert not problems, problems

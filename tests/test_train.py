@@ -287,7 +287,7 @@ def test_two_processes_asking_for_one_adapter_train_it_once(tmp_path):
 
 
 def test_base_model_results_are_computed_once_per_question_set(tmp_path, monkeypatch):
-    """Lessons 04 and 08 and their solutions read one base generation and one base yardstick."""
+    """Lessons 04 and 09 and their solutions read one base generation and one base yardstick."""
     from course_utils import qlora
     from course_utils.evaluate import EvalReport, ScoredExample
 

@@ -100,7 +100,7 @@ def every_token_labelled(tokenizer, example, max_length):
     (dict(model=dict(r=4)), "trainable parameters"),  # rank 2 checkpoint, rank 4 model
     (dict(model=dict(targets=("q_proj", "v_proj", "k_proj"))), "trainable parameters"),
     (dict(data=True), "training data"),
-    (dict(labels=True), "training data"),  # the same examples, the prompt labelled too (lesson 04's variant)
+    (dict(labels=True), "training data"),  # the same examples, the prompt labelled too (lesson 05's variant)
 ])
 def test_a_folder_holding_another_run_is_refused_before_anything_changes(tmp_path, tokenizer, examples, change,
                                                                          message):
@@ -119,7 +119,7 @@ def test_a_folder_holding_another_run_is_refused_before_anything_changes(tmp_pat
 
 
 def test_make_features_decides_the_labels_the_loss_reads(tokenizer, examples):
-    """Lesson 04 trains its unmasked variant through the same path: the labels, not the tokens, differ."""
+    """Lesson 05 trains its unmasked variant through the same path: the labels, not the tokens, differ."""
     masked = train_with_trainer(lora_model(real=True), tokenizer, examples, config(), stop_after=1)
     unmasked = train_with_trainer(lora_model(real=True), tokenizer, examples, config(), stop_after=1,
                                   make_features=every_token_labelled)

@@ -1,7 +1,7 @@
 """Check the course on a CUDA GPU in one command, and write one report.
 
     python tools/gpu_check.py                   # every lesson and solution, then the 7B memory check
-    python tools/gpu_check.py --only 04 08      # some notebooks (by number), then the 7B check
+    python tools/gpu_check.py --only 04 09      # some notebooks (by number), then the 7B check
     python tools/gpu_check.py --skip-notebooks  # only the 7B memory check
     python tools/gpu_check.py --skip-7b         # only the notebooks
     make gpu-check

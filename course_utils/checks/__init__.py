@@ -1,4 +1,4 @@
-"""Self-checks for the exercises, one module per lesson (`lesson_07.py` holds lesson 07's).
+"""Self-checks for the exercises, one module per lesson (`lesson_08.py` holds lesson 08's).
 
 Every exercise cell starts as a placeholder (`answer = ...`). Its check says
 "not attempted yet" for the untouched placeholder, explains what is wrong for
@@ -18,3 +18,4 @@ from .lesson_07 import *  # noqa: F401,F403
 from .lesson_08 import *  # noqa: F401,F403
 from .lesson_09 import *  # noqa: F401,F403
 from .lesson_10 import *  # noqa: F401,F403
+from .lesson_11 import *  # noqa: F401,F403

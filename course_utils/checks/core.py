@@ -105,7 +105,7 @@ def _linear_shapes(model: Any, target_modules: Any) -> list[tuple[str, int, int]
     return shapes
 
 
-_q_number = _as_number  # lessons 05-07 read numbers the same way
+_q_number = _as_number  # lessons 06-08 read numbers the same way
 
 
 def fraction_slip(value: float, expected: float, complement: str, rel_tol: float = 1e-3) -> str | None:

@@ -102,7 +102,7 @@ def check_break_even_rank(answer: Any, d: int, n: int) -> Feedback:
 
 # ---------------------------------------------------------------------------
 # Experiment exercises: predict first, then observe. The helpers below are shared with
-# the experiment checks of lessons 02, 03, 05 and 06.
+# the experiment checks of lessons 02, 03, 06 and 07.
 # ---------------------------------------------------------------------------
 
 def _choice(prediction: Any, options: dict[str, tuple[str, ...]]) -> str:

@@ -1,4 +1,4 @@
-"""Self-checks of Lesson 06: NF4 from scratch (codes by hand, double-quantization bits, dequantizing)."""
+"""Self-checks of Lesson 06: quantization basics (int4 absmax codes, zero-point parameters, the cost of block scales)."""
 
 from __future__ import annotations
 
@@ -10,129 +10,124 @@ import torch as _torch
 from .core import Feedback, _q_number, _q_tensor, run_check
 
 
-def check_nf4_codes(answer: Any, block: Any) -> Feedback:
-    """Lesson 06: the NF4 codes (0..15) bitsandbytes gives the values of one block."""
-    from ..quant import decision_midpoints, nf4_table
-
-    block = _torch.as_tensor(block, dtype=_torch.float32).reshape(-1)
-    table = nf4_table()
-    midpoints, _ = decision_midpoints(table)
-    scaled = block * (1.0 / block.abs().max())
-    expected = _torch.searchsorted(midpoints, scaled, side="left")
+def check_int4_absmax_codes(answer: Any, x: Any) -> Feedback:
+    """Lesson 06: the int4 absmax codes of x (one scale for the whole tensor, codes -7..7)."""
+    x = _torch.as_tensor(x, dtype=_torch.float32).reshape(-1)
+    scale = x.abs().max() / 7
+    expected = _torch.round(x / scale)
 
     def find_problem(a):
-        codes = _q_tensor(a).long()
-        if codes.numel() != block.numel():
-            return f"expected {block.numel()} codes, one per value, got {codes.numel()}."
+        codes = _q_tensor(a).float()
+        if codes.numel() != x.numel():
+            return f"expected {x.numel()} codes, one per value of x, got {codes.numel()}."
         if _torch.equal(codes, expected):
             return None
-        if codes.min() < 0:
-            if _torch.equal(codes + 7, expected):
-                return "codes are indices into the sorted table, 0..15 (code 7 is 0.0), not signed numbers."
-            return "codes are indices 0..15 into the sorted NF4 table; none is negative."
-        if codes.max() > 15:
-            return "there are only 16 NF4 levels: codes are 0..15."
-        if _torch.equal(codes, _torch.searchsorted(midpoints, block, side="left")):
-            return "divide the block by its absmax first: the table spans [-1, 1]."
-        return "scale by 1/absmax, then take the index of the nearest level of nf4_table()."
+        if _torch.equal(codes, _torch.round(x / (x.abs().max() / 8))):
+            return "the scale is max|x|/7 (codes -7..7, so 0 sits in the middle), not max|x|/8."
+        if codes.abs().max() > 7:
+            if _torch.equal(codes, _torch.round(x / (x.abs().max() / 127))):
+                return "those are int8 codes (scale max|x|/127); int4 keeps 4 bits, so the scale is max|x|/7."
+            return "int4 absmax codes lie in -7..7; divide by the scale max|x|/7 before rounding."
+        if not _torch.equal(codes, codes.round()):
+            return "codes are whole numbers: round x / scale to the nearest integer."
+        if _torch.equal(codes, _torch.trunc(x / scale)) or _torch.equal(codes, _torch.floor(x / scale)):
+            return "you truncated (or floored) x / scale; round to the nearest integer instead."
+        return "not the codes: scale = max|x| / 7, codes = round(x / scale)."
 
-    return run_check("NF4 codes", answer, find_problem, success=f"correct: {expected.tolist()}.")
+    return run_check("int4 absmax codes", answer, find_problem,
+                     success=f"correct: {expected.to(_torch.int8).tolist()}.")
 
 
-def check_dq_bits(answer: Any, block_size: int, nested_block_size: int = 256) -> Feedback:
-    """Lesson 06: bits per parameter of NF4 with double quantization for a large matrix."""
-    expected = 4 + 8 / block_size + 32 / (block_size * nested_block_size)
+def check_zeropoint_params(answer: Any, x: Any, bits: int = 8) -> Feedback:
+    """Lesson 06: (scale, zero_point) of asymmetric quantization of x with `bits` bits."""
+    x = _torch.as_tensor(x, dtype=_torch.float32).reshape(-1)
+    qmax = 2**bits - 1
+    low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = (high - low) / qmax
+    zero_point = round(-low / scale)
+
+    def find_problem(a):
+        if not isinstance(a, (tuple, list)) or len(a) != 2:
+            return "answer with a pair: (scale, zero_point)."
+        s, z = _q_number(a[0]), _q_number(a[1])
+        scale_ok = _math.isclose(s, scale, rel_tol=1e-4)
+        if scale_ok and z == zero_point:
+            return None
+        if _math.isclose(s, (high - low) / 2**bits, rel_tol=1e-4):
+            return f"the scale divides the range by the number of steps, 2^{bits} - 1 = {qmax}, not by 2^{bits}."
+        if _math.isclose(s, max(abs(low), abs(high)) / (2 ** (bits - 1) - 1), rel_tol=1e-4):
+            return "that is the absmax (symmetric) scale; zero-point quantization spreads max - min over all codes."
+        if not scale_ok:
+            return f"the scale should be (max - min) / {qmax}."
+        if z == -zero_point:
+            return "wrong sign: the zero point is round(-min / scale), the code that stands for 0.0."
+        if z != round(z):
+            return "the zero point is an integer code: round(-min / scale)."
+        return "the scale is right; the zero point is round(-min / scale)."
+
+    return run_check("zero-point parameters", answer, find_problem,
+                     success=f"correct: scale {scale:.6g}, zero point {zero_point}.")
+
+
+def check_blockwise_bits(answer: Any, bits: int, block_size: int, scale_bits: int = 32) -> Feedback:
+    """Lesson 06: stored bits per value of block-wise absmax quantization (codes + one scale per block)."""
+    expected = bits + scale_bits / block_size
 
     def find_problem(a):
         value = _q_number(a)
-        if _math.isclose(value, expected, rel_tol=2e-4):
+        if _math.isclose(value, expected, rel_tol=1e-6):
             return None
-        if _math.isclose(value, 4 + 32 / block_size, rel_tol=2e-4):
-            return "that is without double quantization: with DQ each block scale costs 8 bits, not 32."
-        if _math.isclose(value, 4 + 8 / block_size, rel_tol=2e-4):
-            return "almost: the 8-bit scales need their own fp32 scale, one per block of 256 scales."
-        if _math.isclose(value, 4 + 8 / 64 + 32 / (64 * 256), rel_tol=2e-4) and block_size != 64:
-            return f"that is the figure for block size 64; redo it for block size {block_size}."
-        return "bits = 4 + 8 / block_size + 32 / (block_size * 256)."
+        if _math.isclose(value, bits):
+            return "the codes are only part of it: each block also stores its scale."
+        if _math.isclose(value, bits + scale_bits):
+            return "the scale is shared by the whole block: spread its bits over block_size values."
+        if _math.isclose(value, bits + 16 / block_size):
+            return f"the scales here are {scale_bits}-bit floats, not 16-bit ones."
+        return "bits per value = bits per code + bits of one scale / block size."
 
-    return run_check("bits with double quantization", answer, find_problem,
-                     success=f"correct: {expected:.4f} bits per parameter.")
-
-
-def check_nf4_dequantized(answer: Any, codes: Any, absmax: Any) -> Feedback:
-    """Lesson 06: the values that NF4 codes of one block stand for."""
-    from ..quant import nf4_table
-
-    codes = _torch.as_tensor(codes).long().reshape(-1)
-    absmax = float(_q_number(absmax))
-    table = nf4_table()
-    expected = table[codes] * absmax
-
-    def find_problem(a):
-        values = _q_tensor(a).float()
-        if values.numel() != codes.numel():
-            return f"expected {codes.numel()} values, one per code, got {values.numel()}."
-        if _torch.allclose(values, expected, rtol=1e-5, atol=1e-7):
-            return None
-        if _torch.allclose(values, table[codes], rtol=1e-5, atol=1e-7):
-            return "those are the table entries; multiply by the block's absmax to undo the scaling."
-        if _torch.allclose(values, codes.float() * absmax, rtol=1e-5):
-            return "a code is an index into nf4_table(), not the value itself: look it up first."
-        if _torch.allclose(values, table[codes] / absmax, rtol=1e-5):
-            return "multiply by absmax (quantizing divided by it); don't divide again."
-        return "dequantized value = nf4_table()[code] * absmax."
-
-    return run_check("NF4 dequantized", answer, find_problem, success=f"correct: {expected.tolist()}.")
+    return run_check("bits per value", answer, find_problem, success=f"correct: {expected:g} bits per value.")
 
 
-_FORMATS = {"Int4": ("int4", "int 4"), "FP4": ("fp4", "fp 4"), "NF4": ("nf4", "nf 4")}
+def check_bits_experiment(prediction: Any, observed: Any, w: Any, block_size: int = 64, bits: int = 4,
+                          fewer_bits: int = 3) -> Feedback:
+    """Experiment: int4 -> int3 at the same block size; predict, then measure the ratio of the relative errors."""
+    from ..quant import blockwise_absmax_dequantize, blockwise_absmax_quantize
+    from .lesson_01 import _predict_observe
 
+    w = _torch.as_tensor(w).detach().float().cpu()
 
-def check_format_experiment(prediction: Any, observed: Any, matrix: Any, block_size: int = 64) -> Feedback:
-    """Experiment: which 4-bit format (Int4, FP4, NF4; block-wise absmax) reconstructs `matrix` best?
+    def error(b: int) -> float:
+        w_hat = blockwise_absmax_dequantize(*blockwise_absmax_quantize(w, block_size, b))
+        return ((w_hat - w).norm() / w.norm()).item()
 
-    `observed` is a dict format -> relative error ||W_hat - W|| / ||W||, recomputed here.
-    """
-    from ..quant import blockwise_absmax_dequantize, blockwise_absmax_quantize, dequantize_4bit, quantize_4bit
-    from .lesson_01 import _choice, _predict_observe
-
-    w = _torch.as_tensor(matrix).detach().float().cpu()
-    roundtrips = {"Int4": lambda: blockwise_absmax_dequantize(*blockwise_absmax_quantize(w, block_size, bits=4)),
-                  "FP4": lambda: dequantize_4bit(*quantize_4bit(w, block_size, "fp4"), "fp4"),
-                  "NF4": lambda: dequantize_4bit(*quantize_4bit(w, block_size, "nf4"), "nf4")}
-    expected = {label: ((make() - w).norm() / w.norm()).item() for label, make in roundtrips.items()}
-    best = min(expected, key=expected.get)
-    z = (w - w.mean()) / w.std()
-    kurtosis = z.pow(4).mean().item()
-    shape = ("flatter than a normal (kurtosis {k:.1f} < 3): values spread evenly up to the block's absmax, where "
-             "evenly spaced levels serve them best" if kurtosis < 2.5 else
-             "heavier-tailed than a normal (kurtosis {k:.1f} > 3): divided by the block's absmax, most values crowd "
-             "near 0, where NF4 has more useful levels than Int4 and FP4 wastes codes on a level next to 0"
-             if kurtosis > 3.5 else "close to a normal (kurtosis {k:.1f}), which is what NF4's quantiles are built for"
-             ).format(k=kurtosis)
+    e_more, e_fewer = error(bits), error(fewer_bits)
+    ratio = e_fewer / e_more
+    steps_more, steps_fewer = 2 ** (bits - 1) - 1, 2 ** (fewer_bits - 1) - 1
+    why = (f"absmax int-b keeps 2^(b-1) - 1 steps on each side of zero: {steps_more} for int{bits}, {steps_fewer} "
+           f"for int{fewer_bits}. The step absmax / {steps_fewer} is {steps_more / steps_fewer:.2f} times "
+           f"absmax / {steps_more}, and the rounding error, a fraction of a step, grows with it.")
 
     def judge(prediction, observed):
-        said = _choice(prediction, _FORMATS)
-        if not isinstance(observed, dict):
-            return 'the observation is a dict {"Int4": error, "FP4": error, "NF4": error}: measure all three formats.'
-        values = {_choice(label, _FORMATS): float(_q_number(v)) for label, v in observed.items()}
-        missing = [label for label in expected if label not in values]
-        if missing:
-            return f"measure every format: {', '.join(missing)} is missing from the dict."
-        for label, value in values.items():
-            if not _math.isclose(value, expected[label], rel_tol=1e-3):
-                swapped = [other for other in expected if _math.isclose(value, expected[other], rel_tol=1e-3)]
-                if swapped:
-                    return f"the value under {label!r} is {swapped[0]}'s error: check which round trip you ran."
-                return (f"{label}: {value:.4g} is not the relative error ||W_hat - W|| / ||W|| of a block-wise "
-                        f"round trip with block size {block_size} (expected about {expected[label]:.4f}).")
-        if said != best:
-            ranked = " < ".join(f"{label} {expected[label]:.4f}" for label in sorted(expected, key=expected.get))
-            return (f"you measured it yourself: {ranked}, so {best} wins, not {said}. Why: the best levels follow "
-                    f"the distribution of the values, and this matrix is {shape}.")
-        return None
+        value = _q_number(observed)
+        if not _math.isclose(value, ratio, rel_tol=1e-3):
+            if _math.isclose(value, 1 / ratio, rel_tol=1e-3):
+                return f"that is int{bits}'s error over int{fewer_bits}'s; divide int{fewer_bits}'s by int{bits}'s."
+            if _math.isclose(value, e_fewer, rel_tol=1e-3) or _math.isclose(value, e_more, rel_tol=1e-3):
+                return f"that is one relative error; the observation is int{fewer_bits}'s divided by int{bits}'s."
+            return (f"{value:.4g} is not the measured ratio: compute ||W_hat - W|| / ||W|| with bits={fewer_bits} and "
+                    f"with bits={bits}, both with block_size={block_size}, and divide.")
+        guess = _q_number(prediction)
+        if abs(guess / ratio - 1) <= 0.1:
+            return None
+        if _math.isclose(guess, 2.0, rel_tol=0.05):
+            return (f"close, but one bit fewer does not simply double the error: you measured {ratio:.2f}. "
+                    f"{why} (Symmetric codes -{steps_fewer}..{steps_fewer} leave one of the "
+                    f"{2 ** fewer_bits} codes unused.)")
+        if guess < 1:
+            return f"fewer bits cannot shrink the error: you measured {ratio:.2f} times as much. {why}"
+        return f"you predicted {guess:.3g}, you measured {ratio:.2f}. {why}"
 
     return _predict_observe(
-        "format experiment", prediction, observed, judge,
-        success=f"correct: {best} has the smallest error ({expected[best]:.4f}). No 4-bit format is best for "
-                "every matrix: NF4 wins on bell-shaped weights because its levels are normal quantiles.")
+        "bits experiment", prediction, observed, judge,
+        success=f"correct: int{fewer_bits} has {ratio:.2f} times int{bits}'s error ({steps_more}/{steps_fewer} = "
+                f"{steps_more / steps_fewer:.2f}): the error follows the step size.")

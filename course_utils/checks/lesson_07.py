@@ -1,4 +1,4 @@
-"""Self-checks of Lesson 07: QLoRA storage and compute (stored bits of a real layer, 4-bit model size, what stays unquantized, and the experiment: bf16 compute)."""
+"""Self-checks of Lesson 07: NF4 from scratch (codes by hand, double-quantization bits, dequantizing)."""
 
 from __future__ import annotations
 
@@ -7,192 +7,132 @@ from typing import Any
 
 import torch as _torch
 
-from .core import Feedback, _q_number, fraction_slip, is_placeholder, run_check
+from .core import Feedback, _q_number, _q_tensor, run_check
 
 
-def _nf4_stored_tensors(layer: Any) -> tuple[list[_torch.Tensor], int]:
-    """The tensors a bitsandbytes 4-bit weight stores (without the two fixed code tables), and its numel."""
-    weight = getattr(layer, "weight", layer)
-    state = getattr(weight, "quant_state", None)
-    if state is None:
-        raise ValueError("pass a bitsandbytes Linear4bit layer (or its weight), e.g. model.model.layers[0].mlp.down_proj")
-    tensors = [weight.data, state.absmax]
-    if getattr(state, "nested", False):
-        tensors += [state.state2.absmax, state.offset]
-    return tensors, int(_math.prod(state.shape))
+def check_nf4_codes(answer: Any, block: Any) -> Feedback:
+    """Lesson 07: the NF4 codes (0..15) bitsandbytes gives the values of one block."""
+    from ..quant import decision_midpoints, nf4_table
 
-
-def check_layer_stored_bits(answer: Any, layer: Any) -> Feedback:
-    """Lesson 07: bits per weight that one NF4 (+DQ) layer stores: packed codes plus its block constants."""
-    tensors, numel = _nf4_stored_tensors(layer)
-    state = getattr(layer, "weight", layer).quant_state
-    stored_bits = sum(t.numel() * t.element_size() * 8 for t in tensors)
-    expected = stored_bits / numel
-    tables_bits = 8 * (state.code.numel() * state.code.element_size()
-                       + (state.state2.code.numel() * state.state2.code.element_size() if state.nested else 0))
-    packed = tensors[0].numel()
+    block = _torch.as_tensor(block, dtype=_torch.float32).reshape(-1)
+    table = nf4_table()
+    midpoints, _ = decision_midpoints(table)
+    scaled = block * (1.0 / block.abs().max())
+    expected = _torch.searchsorted(midpoints, scaled, side="left")
 
     def find_problem(a):
-        value = _q_number(a)
-        if _math.isclose(value, expected, rel_tol=1e-5):
+        codes = _q_tensor(a).long()
+        if codes.numel() != block.numel():
+            return f"expected {block.numel()} codes, one per value, got {codes.numel()}."
+        if _torch.equal(codes, expected):
             return None
-        if _math.isclose(value, (stored_bits + tables_bits) / numel, rel_tol=1e-5):
-            return "you also counted the two code tables (16 and 256 fp32 values): they are format constants; leave them out."
-        if _math.isclose(value, stored_bits / packed, rel_tol=1e-5):
-            return (f"the packed tensor has {packed:,} bytes holding two 4-bit codes each: divide by the layer's "
-                    f"in x out = {numel:,} weights, not by the packed tensor's length.")
-        if _math.isclose(value, 4.5, rel_tol=1e-4):
-            return "4.5 is NF4 without double quantization; this layer stores its block scales in 8 bits."
-        if _math.isclose(value, 4.0, rel_tol=1e-4):
-            return "4 bits is the code alone; add the per-block constants (8-bit absmax, fp32 nested absmax, offset)."
-        if _math.isclose(value, stored_bits / 8 / numel, rel_tol=1e-5):
-            return "that is bytes per weight; multiply by 8 for bits."
-        return "bits = 8 x (bytes of weight.data + absmax + state2.absmax + offset) / (in_features x out_features)."
+        if codes.min() < 0:
+            if _torch.equal(codes + 7, expected):
+                return "codes are indices into the sorted table, 0..15 (code 7 is 0.0), not signed numbers."
+            return "codes are indices 0..15 into the sorted NF4 table; none is negative."
+        if codes.max() > 15:
+            return "there are only 16 NF4 levels: codes are 0..15."
+        if _torch.equal(codes, _torch.searchsorted(midpoints, block, side="left")):
+            return "divide the block by its absmax first: the table spans [-1, 1]."
+        return "scale by 1/absmax, then take the index of the nearest level of nf4_table()."
 
-    return run_check("stored bits of one NF4+DQ layer", answer, find_problem,
-                     success=f"correct: {expected:.5f} bits per weight.")
+    return run_check("NF4 codes", answer, find_problem, success=f"correct: {expected.tolist()}.")
 
 
-def _qlora_base_bytes(config: Any, compute_dtype: Any) -> int:
-    from ..memory import plan_memory
-
-    return plan_memory(config, method="qlora", compute_dtype=compute_dtype, device="cuda").model_bytes
-
-
-def check_qlora_model_bytes(answer: Any, config: Any, compute_dtype: Any = None) -> Feedback:
-    """Lesson 07: bytes of a model loaded as NF4+DQ with its other parts in `compute_dtype` (default bf16)."""
-    from ..memory import model_layout
-
-    compute_dtype = compute_dtype or _torch.bfloat16
-    expected = _qlora_base_bytes(config, compute_dtype)
-    layout = model_layout(config)
-    total = layout.total_params
-    other_bytes = _torch.empty(0, dtype=compute_dtype).element_size()
+def check_dq_bits(answer: Any, block_size: int, nested_block_size: int = 256) -> Feedback:
+    """Lesson 07: bits per parameter of NF4 with double quantization for a large matrix."""
+    expected = 4 + 8 / block_size + 32 / (block_size * nested_block_size)
 
     def find_problem(a):
         value = _q_number(a)
-        if value <= 0:
-            return "a model size is a positive number of bytes."
-        if abs(value - expected) <= 0.01 * expected:
+        if _math.isclose(value, expected, rel_tol=2e-4):
             return None
-        if abs(value - expected / 2**30) <= 0.01 * expected / 2**30 or abs(value - expected / 1e9) <= 0.01 * expected / 1e9:
-            return "answer in bytes, not GiB or GB (the check compares bytes)."
-        if abs(value - total / 2) <= 0.02 * total / 2 or abs(value - total * 4.127 / 8) <= 0.02 * total * 4.127 / 8:
-            return ("that assumes every parameter is stored in 4 bits; bitsandbytes quantizes only the decoder's "
-                    "linear layers: embeddings, lm_head and norms stay in the 16-bit dtype.")
-        if abs(value - layout.linear_weight_params / 2) <= 0.03 * layout.linear_weight_params / 2:
-            return "that is the 4-bit linear weights alone; add the block constants and the unquantized parts."
-        if abs(value - total * other_bytes) <= 0.01 * total * other_bytes:
-            return "that is the whole model in 16 bits: the decoder's linear layers are stored in 4 bits."
-        return ("ask the planner: plan_memory(config, method='qlora', compute_dtype=...).model_bytes "
-                "(base weights + quantization constants + unquantized parts).")
+        if _math.isclose(value, 4 + 32 / block_size, rel_tol=2e-4):
+            return "that is without double quantization: with DQ each block scale costs 8 bits, not 32."
+        if _math.isclose(value, 4 + 8 / block_size, rel_tol=2e-4):
+            return "almost: the 8-bit scales need their own fp32 scale, one per block of 256 scales."
+        if _math.isclose(value, 4 + 8 / 64 + 32 / (64 * 256), rel_tol=2e-4) and block_size != 64:
+            return f"that is the figure for block size 64; redo it for block size {block_size}."
+        return "bits = 4 + 8 / block_size + 32 / (block_size * 256)."
 
-    return run_check("size of the 4-bit model", answer, find_problem,
-                     success=f"correct: {expected / 2**30:.2f} GiB ({expected:,} bytes).")
+    return run_check("bits with double quantization", answer, find_problem,
+                     success=f"correct: {expected:.4f} bits per parameter.")
 
 
-def check_unquantized_fraction(answer: Any, model: Any) -> Feedback:
-    """Lesson 07: the fraction of a quantized model's stored bytes that are NOT quantized weights or constants."""
-    from ..memory import stored_bytes
+def check_nf4_dequantized(answer: Any, codes: Any, absmax: Any) -> Feedback:
+    """Lesson 07: the values that NF4 codes of one block stand for."""
+    from ..quant import nf4_table
 
-    parts = stored_bytes(model)
-    total = sum(parts.values())
-    expected = parts["unquantized"] / total
-    seen: set[int] = set()
-    params = other = 0
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    linear_ids = {id(m.weight) for m in model.modules()
-                  if isinstance(m, _torch.nn.Linear) and m is not output and m.weight is not None}
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        n = int(_math.prod(p.quant_state.shape)) if getattr(p, "quant_state", None) is not None else p.numel()
-        params += n
-        other += 0 if id(p) in linear_ids else n
+    codes = _torch.as_tensor(codes).long().reshape(-1)
+    absmax = float(_q_number(absmax))
+    table = nf4_table()
+    expected = table[codes] * absmax
 
     def find_problem(a):
-        value = _q_number(a)
-        slip = fraction_slip(value, expected, "that is the quantized part (weights and constants); the question asks "
-                                              "for the rest.")
-        if slip is not None:
-            return slip or None
-        if _math.isclose(value, other / params, rel_tol=1e-3):
-            return ("that is the fraction of parameters; the question asks about bytes, and an unquantized "
-                    "parameter takes 8x the bytes of a 4-bit one.")
-        if _math.isclose(value, parts["unquantized"] / (parts["base_weights"] + parts["unquantized"]), rel_tol=1e-3):
-            return "the total must include the quantization constants (absmax etc.) too."
-        return "fraction = stored_bytes(model)['unquantized'] / sum of all stored bytes."
+        values = _q_tensor(a).float()
+        if values.numel() != codes.numel():
+            return f"expected {codes.numel()} values, one per code, got {values.numel()}."
+        if _torch.allclose(values, expected, rtol=1e-5, atol=1e-7):
+            return None
+        if _torch.allclose(values, table[codes], rtol=1e-5, atol=1e-7):
+            return "those are the table entries; multiply by the block's absmax to undo the scaling."
+        if _torch.allclose(values, codes.float() * absmax, rtol=1e-5):
+            return "a code is an index into nf4_table(), not the value itself: look it up first."
+        if _torch.allclose(values, table[codes] / absmax, rtol=1e-5):
+            return "multiply by absmax (quantizing divided by it); don't divide again."
+        return "dequantized value = nf4_table()[code] * absmax."
 
-    return run_check("unquantized fraction", answer, find_problem,
-                     success=f"correct: {expected:.1%} of the bytes are not 4-bit.")
-
-
-# Experiment exercise: change one knob, predict its effect on a yardstick, then observe it.
-
-_OUTCOMES = ("higher", "lower", "about the same")
-_SYNONYMS = {"higher": ("higher", "larger", "bigger", "more", "worse", "up"),
-             "lower": ("lower", "smaller", "less", "better", "down"),
-             "about the same": ("about the same", "the same", "same", "unchanged", "no change", "equal")}
+    return run_check("NF4 dequantized", answer, find_problem, success=f"correct: {expected.tolist()}.")
 
 
-def _read_prediction(answer: Any) -> str:
-    """One of _OUTCOMES from a learner's word ("higher", "lower", "about the same"; a few synonyms accepted)."""
-    text = " ".join(str(answer).strip().lower().replace("_", " ").split())
-    for outcome, words in _SYNONYMS.items():
-        if text in words:
-            return outcome
-    raise ValueError(f"predict one of {_OUTCOMES}, got {answer!r}")
+_FORMATS = {"Int4": ("int4", "int 4"), "FP4": ("fp4", "fp 4"), "NF4": ("nf4", "nf 4")}
 
 
-def _output_error(weight: _torch.Tensor, x: _torch.Tensor, compute_dtype: _torch.dtype) -> float:
-    """||layer(x) - x @ W.T|| / ||x @ W.T|| for W stored in NF4 + DQ and computed in `compute_dtype`."""
-    from ..qlora import four_bit_linear
+def check_format_experiment(prediction: Any, observed: Any, matrix: Any, block_size: int = 64) -> Feedback:
+    """Experiment: which 4-bit format (Int4, FP4, NF4; block-wise absmax) reconstructs `matrix` best?
 
-    weight, x = weight.detach().float().cpu(), x.detach().float().cpu()
-    layer = four_bit_linear(weight, "nf4", True, compute_dtype)
-    with _torch.no_grad():
-        exact = x @ weight.T
-        return ((layer(x.to(compute_dtype)).float() - exact).norm() / exact.norm()).item()
-
-
-def check_compute_dtype_experiment(prediction: Any, observed: Any, weight: _torch.Tensor, x: _torch.Tensor) -> Feedback:
-    """Lesson 07, experiment: does computing an NF4 + DQ layer in bf16 instead of fp32 change its output error?
-
-    The check recomputes both errors from `weight` and `x`, compares the
-    learner's observation with them, then the prediction with the outcome
-    ("about the same" means within 10%).
+    `observed` is a dict format -> relative error ||W_hat - W|| / ||W||, recomputed here.
     """
-    truth = {"float32": _output_error(weight, x, _torch.float32), "bfloat16": _output_error(weight, x, _torch.bfloat16)}
-    ratio = truth["bfloat16"] / truth["float32"]
-    outcome = "higher" if ratio > 1.1 else "lower" if ratio < 0.9 else "about the same"
-    bf16_step = 2.0 ** -8  # bf16 keeps 8 significant bits: a relative rounding of at most half of this
+    from ..quant import blockwise_absmax_dequantize, blockwise_absmax_quantize, dequantize_4bit, quantize_4bit
+    from .lesson_01 import _choice, _predict_observe
 
-    def find_problem(answer):
-        predicted, seen = answer
-        predicted = _read_prediction(predicted)
-        if not isinstance(seen, dict) or set(seen) != set(truth):
-            return ("observed should be a dict {'float32': error, 'bfloat16': error}, one relative output error "
-                    "per compute dtype.")
-        for name, value in truth.items():
-            got = _q_number(seen[name])
-            if _math.isclose(got, 100 * value, rel_tol=0.02):
-                return f"your {name} error looks like a percentage ({got:.3g}); give it as a fraction."
-            if not _math.isclose(got, value, rel_tol=0.02):
-                return (f"your {name} error {got:.4g} is not what the layer gives ({value:.4g}): build "
-                        f"four_bit_linear(weight, 'nf4', True, torch.{name}), run it on x.to(torch.{name}), and "
-                        "divide ||output - x @ weight.T|| by ||x @ weight.T||.")
-        if predicted != outcome:
-            return (f"your observation is right; the prediction was not: the error is {outcome} with bf16 compute "
-                    f"({truth['float32']:.2%} with fp32, {truth['bfloat16']:.2%} with bf16, ratio {ratio:.3f}). "
-                    f"Why: NF4 rounds every weight to one of 16 levels per block, and that alone puts the output "
-                    f"{truth['float32']:.1%} off. bf16 then rounds the dequantized weights and the inputs to 8 "
-                    f"significant bits (at most {bf16_step / 2:.2%} each): an error many times smaller and "
-                    "unrelated to NF4's, so the two add in quadrature and the total barely moves. The precision "
-                    "QLoRA gives up is in the 4-bit storage, not in the 16-bit compute.")
+    w = _torch.as_tensor(matrix).detach().float().cpu()
+    roundtrips = {"Int4": lambda: blockwise_absmax_dequantize(*blockwise_absmax_quantize(w, block_size, bits=4)),
+                  "FP4": lambda: dequantize_4bit(*quantize_4bit(w, block_size, "fp4"), "fp4"),
+                  "NF4": lambda: dequantize_4bit(*quantize_4bit(w, block_size, "nf4"), "nf4")}
+    expected = {label: ((make() - w).norm() / w.norm()).item() for label, make in roundtrips.items()}
+    best = min(expected, key=expected.get)
+    z = (w - w.mean()) / w.std()
+    kurtosis = z.pow(4).mean().item()
+    shape = ("flatter than a normal (kurtosis {k:.1f} < 3): values spread evenly up to the block's absmax, where "
+             "evenly spaced levels serve them best" if kurtosis < 2.5 else
+             "heavier-tailed than a normal (kurtosis {k:.1f} > 3): divided by the block's absmax, most values crowd "
+             "near 0, where NF4 has more useful levels than Int4 and FP4 wastes codes on a level next to 0"
+             if kurtosis > 3.5 else "close to a normal (kurtosis {k:.1f}), which is what NF4's quantiles are built for"
+             ).format(k=kurtosis)
+
+    def judge(prediction, observed):
+        said = _choice(prediction, _FORMATS)
+        if not isinstance(observed, dict):
+            return 'the observation is a dict {"Int4": error, "FP4": error, "NF4": error}: measure all three formats.'
+        values = {_choice(label, _FORMATS): float(_q_number(v)) for label, v in observed.items()}
+        missing = [label for label in expected if label not in values]
+        if missing:
+            return f"measure every format: {', '.join(missing)} is missing from the dict."
+        for label, value in values.items():
+            if not _math.isclose(value, expected[label], rel_tol=1e-3):
+                swapped = [other for other in expected if _math.isclose(value, expected[other], rel_tol=1e-3)]
+                if swapped:
+                    return f"the value under {label!r} is {swapped[0]}'s error: check which round trip you ran."
+                return (f"{label}: {value:.4g} is not the relative error ||W_hat - W|| / ||W|| of a block-wise "
+                        f"round trip with block size {block_size} (expected about {expected[label]:.4f}).")
+        if said != best:
+            ranked = " < ".join(f"{label} {expected[label]:.4f}" for label in sorted(expected, key=expected.get))
+            return (f"you measured it yourself: {ranked}, so {best} wins, not {said}. Why: the best levels follow "
+                    f"the distribution of the values, and this matrix is {shape}.")
         return None
 
-    answer = None if is_placeholder(prediction) or is_placeholder(observed) else (prediction, observed)
-    return run_check("experiment: bf16 compute", answer, find_problem,
-                     success=f"correct: {truth['float32']:.2%} (fp32 compute) vs {truth['bfloat16']:.2%} (bf16): "
-                             f"{outcome}. The 4-bit storage sets the error; the compute dtype hardly adds to it.")
+    return _predict_observe(
+        "format experiment", prediction, observed, judge,
+        success=f"correct: {best} has the smallest error ({expected[best]:.4f}). No 4-bit format is best for "
+                "every matrix: NF4 wins on bell-shaped weights because its levels are normal quantiles.")

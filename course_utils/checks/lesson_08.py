@@ -1,4 +1,4 @@
-"""Self-checks of lesson 08: QLoRA training (paged optimizer bytes, LoftQ's best start, and the experiment: FP4 instead of NF4 as the base)."""
+"""Self-checks of Lesson 08: QLoRA storage and compute (stored bits of a real layer, 4-bit model size, what stays unquantized, and the experiment: bf16 compute)."""
 
 from __future__ import annotations
 
@@ -8,134 +8,191 @@ from typing import Any
 import torch as _torch
 
 from .core import Feedback, _q_number, fraction_slip, is_placeholder, run_check
-from .lesson_07 import _read_prediction
 
 
-def _full_finetune_tensor_sizes(config: Any) -> list[int]:
-    """Element counts of every tensor a full fine-tune trains (each linear weight, embeddings, lm_head, norms, biases)."""
-    from ..memory import load_config, model_layout
+def _nf4_stored_tensors(layer: Any) -> tuple[list[_torch.Tensor], int]:
+    """The tensors a bitsandbytes 4-bit weight stores (without the two fixed code tables), and its numel."""
+    weight = getattr(layer, "weight", layer)
+    state = getattr(weight, "quant_state", None)
+    if state is None:
+        raise ValueError("pass a bitsandbytes Linear4bit layer (or its weight), e.g. model.model.layers[0].mlp.down_proj")
+    tensors = [weight.data, state.absmax]
+    if getattr(state, "nested", False):
+        tensors += [state.state2.absmax, state.offset]
+    return tensors, int(_math.prod(state.shape))
 
-    layout = model_layout(load_config(config))
-    return [linear.weight_params for linear in layout.linears] + list(layout.other_tensors)
+
+def check_layer_stored_bits(answer: Any, layer: Any) -> Feedback:
+    """Lesson 08: bits per weight that one NF4 (+DQ) layer stores: packed codes plus its block constants."""
+    tensors, numel = _nf4_stored_tensors(layer)
+    state = getattr(layer, "weight", layer).quant_state
+    stored_bits = sum(t.numel() * t.element_size() * 8 for t in tensors)
+    expected = stored_bits / numel
+    tables_bits = 8 * (state.code.numel() * state.code.element_size()
+                       + (state.state2.code.numel() * state.state2.code.element_size() if state.nested else 0))
+    packed = tensors[0].numel()
+
+    def find_problem(a):
+        value = _q_number(a)
+        if _math.isclose(value, expected, rel_tol=1e-5):
+            return None
+        if _math.isclose(value, (stored_bits + tables_bits) / numel, rel_tol=1e-5):
+            return "you also counted the two code tables (16 and 256 fp32 values): they are format constants; leave them out."
+        if _math.isclose(value, stored_bits / packed, rel_tol=1e-5):
+            return (f"the packed tensor has {packed:,} bytes holding two 4-bit codes each: divide by the layer's "
+                    f"in x out = {numel:,} weights, not by the packed tensor's length.")
+        if _math.isclose(value, 4.5, rel_tol=1e-4):
+            return "4.5 is NF4 without double quantization; this layer stores its block scales in 8 bits."
+        if _math.isclose(value, 4.0, rel_tol=1e-4):
+            return "4 bits is the code alone; add the per-block constants (8-bit absmax, fp32 nested absmax, offset)."
+        if _math.isclose(value, stored_bits / 8 / numel, rel_tol=1e-5):
+            return "that is bytes per weight; multiply by 8 for bits."
+        return "bits = 8 x (bytes of weight.data + absmax + state2.absmax + offset) / (in_features x out_features)."
+
+    return run_check("stored bits of one NF4+DQ layer", answer, find_problem,
+                     success=f"correct: {expected:.5f} bits per weight.")
 
 
-def check_paged_full_finetune_bytes(answer: Any, config: Any) -> Feedback:
-    """Lesson 08: bytes of optimizer state that paged_adamw_8bit puts in paged (unified) memory for a full fine-tune.
+def _qlora_base_bytes(config: Any, compute_dtype: Any) -> int:
+    from ..memory import plan_memory
 
-    bitsandbytes pages a tensor's two 8-bit moments (1 byte each per element)
-    only when the tensor has at least 100,000 elements; the block scales and
-    smaller tensors stay in ordinary GPU memory.
-    """
-    from ..qlora import PAGED_MIN_NUMEL
+    return plan_memory(config, method="qlora", compute_dtype=compute_dtype, device="cuda").model_bytes
 
-    sizes = _full_finetune_tensor_sizes(config)
-    paged = [n for n in sizes if n >= PAGED_MIN_NUMEL]
-    expected = 2 * sum(paged)
+
+def check_qlora_model_bytes(answer: Any, config: Any, compute_dtype: Any = None) -> Feedback:
+    """Lesson 08: bytes of a model loaded as NF4+DQ with its other parts in `compute_dtype` (default bf16)."""
+    from ..memory import model_layout
+
+    compute_dtype = compute_dtype or _torch.bfloat16
+    expected = _qlora_base_bytes(config, compute_dtype)
+    layout = model_layout(config)
+    total = layout.total_params
+    other_bytes = _torch.empty(0, dtype=compute_dtype).element_size()
 
     def find_problem(a):
         value = _q_number(a)
         if value <= 0:
-            return "a number of bytes is positive."
-        if _math.isclose(value, expected, rel_tol=1e-3):
+            return "a model size is a positive number of bytes."
+        if abs(value - expected) <= 0.01 * expected:
             return None
-        if _math.isclose(value, expected / 2**30, rel_tol=1e-2) or _math.isclose(value, expected / 1e9, rel_tol=1e-2):
-            return "answer in bytes, not GiB or GB."
-        if _math.isclose(value, 2 * sum(sizes), rel_tol=1e-4):
-            return (f"that pages every tensor; bitsandbytes pages only tensors of {PAGED_MIN_NUMEL:,} elements or "
-                    f"more ({len(sizes) - len(paged)} small ones, the norms and biases, stay in GPU memory).")
-        if _math.isclose(value, 8 * sum(paged), rel_tol=1e-3):
-            return "that is paged_adamw_32bit (two fp32 moments, 8 bytes per element); the 8-bit one keeps 2 bytes."
-        if _math.isclose(value, sum(paged), rel_tol=1e-3):
-            return "AdamW keeps two moments per element (exp_avg and exp_avg_sq): 2 bytes per element in 8 bits."
-        return (f"count the trained tensors with at least {PAGED_MIN_NUMEL:,} elements (model_layout(config): every "
-                "linear weight, and other_tensors), times 2 bytes (two 8-bit moments per element).")
+        if abs(value - expected / 2**30) <= 0.01 * expected / 2**30 or abs(value - expected / 1e9) <= 0.01 * expected / 1e9:
+            return "answer in bytes, not GiB or GB (the check compares bytes)."
+        if abs(value - total / 2) <= 0.02 * total / 2 or abs(value - total * 4.127 / 8) <= 0.02 * total * 4.127 / 8:
+            return ("that assumes every parameter is stored in 4 bits; bitsandbytes quantizes only the decoder's "
+                    "linear layers: embeddings, lm_head and norms stay in the 16-bit dtype.")
+        if abs(value - layout.linear_weight_params / 2) <= 0.03 * layout.linear_weight_params / 2:
+            return "that is the 4-bit linear weights alone; add the block constants and the unquantized parts."
+        if abs(value - total * other_bytes) <= 0.01 * total * other_bytes:
+            return "that is the whole model in 16 bits: the decoder's linear layers are stored in 4 bits."
+        return ("ask the planner: plan_memory(config, method='qlora', compute_dtype=...).model_bytes "
+                "(base weights + quantization constants + unquantized parts).")
 
-    return run_check("paged optimizer bytes of a full fine-tune", answer, find_problem,
-                     success=f"correct: {expected / 2**30:.2f} GiB in {len(paged)} paged tensors.")
-
-
-def _energy_share(error: _torch.Tensor, r: int) -> float:
-    squares = _torch.linalg.svdvals(error.detach().double()).square()
-    return (squares[:r].sum() / squares.sum()).item()
+    return run_check("size of the 4-bit model", answer, find_problem,
+                     success=f"correct: {expected / 2**30:.2f} GiB ({expected:,} bytes).")
 
 
-def check_loftq_share(answer: Any, error: _torch.Tensor, r: int) -> Feedback:
-    """Lesson 08: the share of the squared quantization error ||W - Q(W)||_F^2 that the best rank-r start cancels."""
-    expected = _energy_share(error, r)
-    values = _torch.linalg.svdvals(error.detach().double())
+def check_unquantized_fraction(answer: Any, model: Any) -> Feedback:
+    """Lesson 08: the fraction of a quantized model's stored bytes that are NOT quantized weights or constants."""
+    from ..memory import stored_bytes
+
+    parts = stored_bytes(model)
+    total = sum(parts.values())
+    expected = parts["unquantized"] / total
+    seen: set[int] = set()
+    params = other = 0
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    linear_ids = {id(m.weight) for m in model.modules()
+                  if isinstance(m, _torch.nn.Linear) and m is not output and m.weight is not None}
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        n = int(_math.prod(p.quant_state.shape)) if getattr(p, "quant_state", None) is not None else p.numel()
+        params += n
+        other += 0 if id(p) in linear_ids else n
 
     def find_problem(a):
         value = _q_number(a)
-        slip = fraction_slip(value, expected, "that is the share that remains; the question asks for the share the "
-                                              "rank-r start cancels.")
+        slip = fraction_slip(value, expected, "that is the quantized part (weights and constants); the question asks "
+                                              "for the rest.")
         if slip is not None:
             return slip or None
-        if _math.isclose(value, (values[:r].sum() / values.sum()).item(), rel_tol=1e-3):
-            return ("you summed the singular values; the squared Frobenius norm is the sum of their squares "
-                    "(Eckart-Young, lesson 01).")
-        if _math.isclose(value, 1 - _math.sqrt(1 - expected), rel_tol=1e-3):
-            return "that is the drop of the norm itself; the question asks about the squared norm (the energy)."
-        return f"share = (sum of the top {r} squared singular values of W - Q(W)) / (sum of all squared ones)."
+        if _math.isclose(value, other / params, rel_tol=1e-3):
+            return ("that is the fraction of parameters; the question asks about bytes, and an unquantized "
+                    "parameter takes 8x the bytes of a 4-bit one.")
+        if _math.isclose(value, parts["unquantized"] / (parts["base_weights"] + parts["unquantized"]), rel_tol=1e-3):
+            return "the total must include the quantization constants (absmax etc.) too."
+        return "fraction = stored_bytes(model)['unquantized'] / sum of all stored bytes."
 
-    noise = _energy_share(_torch.randn(error.shape, generator=_torch.Generator().manual_seed(0)), r)
-    return run_check(f"share of the quantization error a rank-{r} start cancels", answer, find_problem,
-                     success=f"correct: {expected:.1%} at rank {r}; for a Gaussian random matrix of the same shape "
-                             f"the top {r} directions hold {noise:.1%}.")
+    return run_check("unquantized fraction", answer, find_problem,
+                     success=f"correct: {expected:.1%} of the bytes are not 4-bit.")
 
 
-def _as_losses(value: Any):
-    from ..compare import ExampleLosses
+# Experiment exercise: change one knob, predict its effect on a yardstick, then observe it.
 
-    if isinstance(value, ExampleLosses):
-        return value
-    sums, counts = value
-    return ExampleLosses.of(sums, counts)
+_OUTCOMES = ("higher", "lower", "about the same")
+_SYNONYMS = {"higher": ("higher", "larger", "bigger", "more", "worse", "up"),
+             "lower": ("lower", "smaller", "less", "better", "down"),
+             "about the same": ("about the same", "the same", "same", "unchanged", "no change", "equal")}
 
 
-def check_base_format_experiment(prediction: Any, observed: Any, nf4: Any) -> Feedback:
-    """Lesson 08, experiment: the yardstick of the FP4 + DQ base (no adapter) against the NF4 + DQ base.
+def _read_prediction(answer: Any) -> str:
+    """One of _OUTCOMES from a learner's word ("higher", "lower", "about the same"; a few synonyms accepted)."""
+    text = " ".join(str(answer).strip().lower().replace("_", " ").split())
+    for outcome, words in _SYNONYMS.items():
+        if text in words:
+            return outcome
+    raise ValueError(f"predict one of {_OUTCOMES}, got {answer!r}")
 
-    `observed` and `nf4` are the per-question answer losses (`ExampleLosses`)
-    of the two bases on the same questions, before any training. The outcome is
-    "lower" or "higher" when FP4's loss differs from NF4's by more than twice
-    the standard error over the questions, else "about the same".
+
+def _output_error(weight: _torch.Tensor, x: _torch.Tensor, compute_dtype: _torch.dtype) -> float:
+    """||layer(x) - x @ W.T|| / ||x @ W.T|| for W stored in NF4 + DQ and computed in `compute_dtype`."""
+    from ..qlora import four_bit_linear
+
+    weight, x = weight.detach().float().cpu(), x.detach().float().cpu()
+    layer = four_bit_linear(weight, "nf4", True, compute_dtype)
+    with _torch.no_grad():
+        exact = x @ weight.T
+        return ((layer(x.to(compute_dtype)).float() - exact).norm() / exact.norm()).item()
+
+
+def check_compute_dtype_experiment(prediction: Any, observed: Any, weight: _torch.Tensor, x: _torch.Tensor) -> Feedback:
+    """Lesson 08, experiment: does computing an NF4 + DQ layer in bf16 instead of fp32 change its output error?
+
+    The check recomputes both errors from `weight` and `x`, compares the
+    learner's observation with them, then the prediction with the outcome
+    ("about the same" means within 10%).
     """
-    from ..compare import loss_difference
-
-    reference = _as_losses(nf4)
+    truth = {"float32": _output_error(weight, x, _torch.float32), "bfloat16": _output_error(weight, x, _torch.bfloat16)}
+    ratio = truth["bfloat16"] / truth["float32"]
+    outcome = "higher" if ratio > 1.1 else "lower" if ratio < 0.9 else "about the same"
+    bf16_step = 2.0 ** -8  # bf16 keeps 8 significant bits: a relative rounding of at most half of this
 
     def find_problem(answer):
         predicted, seen = answer
         predicted = _read_prediction(predicted)
-        try:
-            seen = _as_losses(seen)
-        except Exception:
-            return ("observed should be the per-question losses of the FP4 + DQ base: an ExampleLosses, e.g. "
-                    'base_losses("fp4", True).')
-        if seen.counts != reference.counts:
-            return (f"your losses cover {len(seen.counts)} questions with {sum(seen.counts)} answer tokens; the "
-                    f"NF4 base was scored on {len(reference.counts)} questions with {sum(reference.counts)}: "
-                    "score both on the same yardstick questions.")
-        if seen.sums == reference.sums:
-            return 'these are the NF4 losses again: score the base loaded with quantization="fp4".'
-        difference, error = loss_difference(reference, seen)
-        outcome = "lower" if difference < -2 * error else "higher" if difference > 2 * error else "about the same"
-        if predicted == outcome:
-            return None
-        if outcome == "higher":
-            why = ("NF4 puts its 16 levels where normally distributed weights are dense, FP4 spends them on a "
-                   "wider, sparser range, so FP4 rounds these weights further from their values")
-        elif outcome == "lower":
-            why = ("these weights are Q4_1 values (lesson 07): they sit on a uniform grid, not a normal "
-                   "distribution, and here FP4's levels happen to land closer to them than NF4's; on Gaussian "
-                   "weights NF4 wins, as the paper reports")
-        else:
-            why = ("both formats round every weight to one of 16 levels per block; on these weights the two "
-                   "roundings cost the answers about the same, and the difference stays inside the noise")
-        return (f"your observation is right; the prediction was not: FP4's base loss is {outcome} "
-                f"({reference.mean:.4f} NF4, {seen.mean:.4f} FP4, difference {difference:+.4f} ± "
-                f"{2 * error:.4f}). Why: {why}.")
+        if not isinstance(seen, dict) or set(seen) != set(truth):
+            return ("observed should be a dict {'float32': error, 'bfloat16': error}, one relative output error "
+                    "per compute dtype.")
+        for name, value in truth.items():
+            got = _q_number(seen[name])
+            if _math.isclose(got, 100 * value, rel_tol=0.02):
+                return f"your {name} error looks like a percentage ({got:.3g}); give it as a fraction."
+            if not _math.isclose(got, value, rel_tol=0.02):
+                return (f"your {name} error {got:.4g} is not what the layer gives ({value:.4g}): build "
+                        f"four_bit_linear(weight, 'nf4', True, torch.{name}), run it on x.to(torch.{name}), and "
+                        "divide ||output - x @ weight.T|| by ||x @ weight.T||.")
+        if predicted != outcome:
+            return (f"your observation is right; the prediction was not: the error is {outcome} with bf16 compute "
+                    f"({truth['float32']:.2%} with fp32, {truth['bfloat16']:.2%} with bf16, ratio {ratio:.3f}). "
+                    f"Why: NF4 rounds every weight to one of 16 levels per block, and that alone puts the output "
+                    f"{truth['float32']:.1%} off. bf16 then rounds the dequantized weights and the inputs to 8 "
+                    f"significant bits (at most {bf16_step / 2:.2%} each): an error many times smaller and "
+                    "unrelated to NF4's, so the two add in quadrature and the total barely moves. The precision "
+                    "QLoRA gives up is in the 4-bit storage, not in the 16-bit compute.")
+        return None
 
     answer = None if is_placeholder(prediction) or is_placeholder(observed) else (prediction, observed)
-    return run_check("experiment: FP4 instead of NF4 as the base", answer, find_problem,
-                     success="correct: prediction and observation agree.")
+    return run_check("experiment: bf16 compute", answer, find_problem,
+                     success=f"correct: {truth['float32']:.2%} (fp32 compute) vs {truth['bfloat16']:.2%} (bf16): "
+                             f"{outcome}. The 4-bit storage sets the error; the compute dtype hardly adds to it.")

@@ -1,141 +1,141 @@
-"""Self-checks of Lesson 09: capstone (making a plan fit, optimizer steps, adapter size of a 7B)."""
+"""Self-checks of lesson 09: QLoRA training (paged optimizer bytes, LoftQ's best start, and the experiment: FP4 instead of NF4 as the base)."""
 
 from __future__ import annotations
 
+import math as _math
 from typing import Any
 
-from .core import Feedback, _as_count, is_placeholder, run_check
+import torch as _torch
+
+from .core import Feedback, _q_number, fraction_slip, is_placeholder, run_check
+from .lesson_08 import _read_prediction
 
 
-def check_fitting_change(answer: Any, plan: Any, profile: Any, options: dict) -> Feedback:
-    """Which single change in `options` (letter -> plan.replan kwargs) makes `plan` fit `profile`'s GPU."""
-    from ..hardware import GIB as _GIB
+def _full_finetune_tensor_sizes(config: Any) -> list[int]:
+    """Element counts of every tensor a full fine-tune trains (each linear weight, embeddings, lm_head, norms, biases)."""
+    from ..memory import load_config, model_layout
 
-    available = profile.memory_gib * _GIB
-    totals = {letter: plan.replan(**change).total for letter, change in options.items()}
-    fitting = sorted(letter for letter, total in totals.items() if total <= available)
-
-    def find_problem(a):
-        letter = str(a).strip().lower()
-        if letter not in options:
-            return f"answer with one of the letters {sorted(options)}, e.g. answer = 'a'."
-        if letter in fitting:
-            return None
-        saved = (plan.total - totals[letter]) / _GIB
-        return (f"{options[letter]} saves only {saved:.2f} GiB: the plan still needs "
-                f"{totals[letter] / _GIB:.2f} GiB of {available / _GIB:.2f}. Look at the largest parts of the plan "
-                "(activations grow with batch x seq_len) and which change shrinks them.")
-
-    best = fitting[0] if fitting else None
-    success = (f"correct: {options[best]} brings it to {totals[best] / _GIB:.2f} GiB; activations scale with "
-               "batch x seq_len, rank and optimizer barely matter next to them." if best else "correct.")
-    return run_check("a change that fits", answer, find_problem, success=success)
+    layout = model_layout(load_config(config))
+    return [linear.weight_params for linear in layout.linears] + list(layout.other_tensors)
 
 
-def check_optimizer_steps(answer: Any, n_examples: int, batch_size: int, grad_accum: int, epochs: int) -> Feedback:
-    """Optimizer steps for `epochs` passes over `n_examples` (incomplete micro-batches dropped)."""
-    micro_per_epoch = n_examples // batch_size
-    expected = epochs * micro_per_epoch // grad_accum
+def check_paged_full_finetune_bytes(answer: Any, config: Any) -> Feedback:
+    """Lesson 09: bytes of optimizer state that paged_adamw_8bit puts in paged (unified) memory for a full fine-tune.
 
-    def find_problem(a):
-        value = _as_count(a)
-        if value == expected:
-            return None
-        if value == epochs * micro_per_epoch:
-            return "that counts micro-batches; the optimizer steps once every grad_accum micro-batches."
-        if value == micro_per_epoch // grad_accum:
-            return "that is one epoch; multiply by the number of epochs."
-        if value == epochs * n_examples:
-            return "that is the number of examples seen; divide by the effective batch (batch_size x grad_accum)."
-        if value == epochs * n_examples * grad_accum // batch_size:
-            return "gradient accumulation makes the effective batch larger, so there are fewer steps: divide by it."
-        return (f"{value} is not it: one optimizer step consumes batch_size x grad_accum = "
-                f"{batch_size * grad_accum} examples.")
-
-    return run_check("optimizer steps", answer, find_problem,
-                     success=f"correct: {expected} steps of {batch_size * grad_accum} examples each.")
-
-
-def _lora_params_from_config(config: Any, rank: int, suffixes: tuple[str, ...]) -> int:
-    h, i = config.hidden_size, config.intermediate_size
-    heads = config.num_attention_heads
-    kv = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or h // heads
-    shapes = {"q_proj": (h, heads * head_dim), "k_proj": (h, kv * head_dim), "v_proj": (h, kv * head_dim),
-              "o_proj": (heads * head_dim, h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
-    per_layer = sum(rank * (shapes[s][0] + shapes[s][1]) for s in suffixes)
-    return config.num_hidden_layers * per_layer
-
-
-def check_config_adapter_params(answer: Any, config: Any, rank: int = 16) -> Feedback:
-    """LoRA parameters for `rank` on all seven linear layers of every decoder layer of `config`."""
-    every = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    expected = _lora_params_from_config(config, rank, every)
-    layers = config.num_hidden_layers
-
-    class _NoGQA:  # the same config as if k and v had as many heads as q
-        def __init__(self, c):
-            self.__dict__.update(c.to_dict() if hasattr(c, "to_dict") else vars(c))
-            self.num_key_value_heads = self.num_attention_heads
-
-    def find_problem(a):
-        value = _as_count(a)
-        if value == expected:
-            return None
-        if value == _lora_params_from_config(_NoGQA(config), rank, every):
-            return ("k_proj and v_proj are smaller than q_proj: with grouped-query attention their output is "
-                    "num_key_value_heads x head_dim, not hidden_size.")
-        if value == _lora_params_from_config(config, rank, every[:4]):
-            return "that is the attention projections only; all-linear also wraps gate, up and down."
-        if value == expected // layers:
-            return f"that is one decoder layer; the model has {layers}."
-        if value == 4 * expected:
-            return "that is the size in bytes (fp32); the question asks for the number of parameters."
-        if value == 2 * expected:
-            return "twice too many: A (r x k) and B (d x r) together hold r (d + k) per matrix; count them once."
-        return f"{value:,} is not it; per wrapped matrix count r (d + k), then sum over 7 matrices and {layers} layers."
-
-    return run_check("adapter parameters", answer, find_problem,
-                     success=f"correct: {expected:,} parameters, {4 * expected / 2**20:.0f} MiB in fp32.")
-
-
-def check_learning_rate_experiment(prediction: Any, observed: Any, reference: Any, new_rate: float) -> Feedback:
-    """Lesson 09, experiment: the resume demo's run again at `new_rate`: is its late loss lower or higher?
-
-    `observed` and `reference` are TrainResults of the same demo run (same batches, same start) at the new
-    and the original learning rate; the late loss is the mean of the last two steps.
+    bitsandbytes pages a tensor's two 8-bit moments (1 byte each per element)
+    only when the tensor has at least 100,000 elements; the block scales and
+    smaller tensors stay in ordinary GPU memory.
     """
-    def late(result: Any) -> float:
-        return sum(result.losses[-2:]) / 2
+    from ..qlora import PAGED_MIN_NUMEL
 
-    def find_problem(pair):
-        guess, run = pair
-        if is_placeholder(run) or not hasattr(run, "losses"):
-            return "set `observed` to the TrainResult that train_with_trainer returns for the run at the new rate."
-        if len(run.losses) != len(reference.losses):
-            return (f"the run has {len(run.losses)} steps, the demo {len(reference.losses)}: train the same "
-                    "demo_config with only the learning rate changed.")
-        if run.losses == reference.losses:
-            return "these are the demo's own losses: did you change the learning rate (replace(demo_config, ...))?"
-        if run.losses[0] != reference.losses[0]:
-            return ("the first step's loss differs from the demo's, so the run did not start where the demo did: "
-                    "call fresh_start() (or rebuild the model with torch.manual_seed(0)) before training.")
-        actual = "lower" if late(run) < late(reference) else "higher"
-        if str(guess).strip().lower() not in ("lower", "higher"):
-            return 'predict "lower" or "higher".'
-        if str(guess).strip().lower() != actual:
-            return (f"you predicted {guess!r}, but the late loss went from {late(reference):.3f} (demo) to "
-                    f"{late(run):.3f}: {actual}. " + (
-                        "A larger step moves faster down a smooth slope: on this easy start the adapter simply "
-                        "learns more per step." if actual == "lower" else
-                        "Adam moves every weight by about the learning rate per step, so 10x the rate is 10x "
-                        "the step: the updates overshoot and the loss stops falling (or rises)."))
-        return None
+    sizes = _full_finetune_tensor_sizes(config)
+    paged = [n for n in sizes if n >= PAGED_MIN_NUMEL]
+    expected = 2 * sum(paged)
 
-    answer = ... if is_placeholder(prediction) else (prediction, observed)
-    success = "correct."
-    if hasattr(observed, "losses") and observed.losses:
-        success = (f"correct: at learning rate {new_rate:g} the late loss is "
-                   f"{'lower' if late(observed) < late(reference) else 'higher'} than the demo's "
-                   f"({late(observed):.3f} vs {late(reference):.3f}).")
-    return run_check("learning-rate experiment", answer, find_problem, success=success)
+    def find_problem(a):
+        value = _q_number(a)
+        if value <= 0:
+            return "a number of bytes is positive."
+        if _math.isclose(value, expected, rel_tol=1e-3):
+            return None
+        if _math.isclose(value, expected / 2**30, rel_tol=1e-2) or _math.isclose(value, expected / 1e9, rel_tol=1e-2):
+            return "answer in bytes, not GiB or GB."
+        if _math.isclose(value, 2 * sum(sizes), rel_tol=1e-4):
+            return (f"that pages every tensor; bitsandbytes pages only tensors of {PAGED_MIN_NUMEL:,} elements or "
+                    f"more ({len(sizes) - len(paged)} small ones, the norms and biases, stay in GPU memory).")
+        if _math.isclose(value, 8 * sum(paged), rel_tol=1e-3):
+            return "that is paged_adamw_32bit (two fp32 moments, 8 bytes per element); the 8-bit one keeps 2 bytes."
+        if _math.isclose(value, sum(paged), rel_tol=1e-3):
+            return "AdamW keeps two moments per element (exp_avg and exp_avg_sq): 2 bytes per element in 8 bits."
+        return (f"count the trained tensors with at least {PAGED_MIN_NUMEL:,} elements (model_layout(config): every "
+                "linear weight, and other_tensors), times 2 bytes (two 8-bit moments per element).")
+
+    return run_check("paged optimizer bytes of a full fine-tune", answer, find_problem,
+                     success=f"correct: {expected / 2**30:.2f} GiB in {len(paged)} paged tensors.")
+
+
+def _energy_share(error: _torch.Tensor, r: int) -> float:
+    squares = _torch.linalg.svdvals(error.detach().double()).square()
+    return (squares[:r].sum() / squares.sum()).item()
+
+
+def check_loftq_share(answer: Any, error: _torch.Tensor, r: int) -> Feedback:
+    """Lesson 09: the share of the squared quantization error ||W - Q(W)||_F^2 that the best rank-r start cancels."""
+    expected = _energy_share(error, r)
+    values = _torch.linalg.svdvals(error.detach().double())
+
+    def find_problem(a):
+        value = _q_number(a)
+        slip = fraction_slip(value, expected, "that is the share that remains; the question asks for the share the "
+                                              "rank-r start cancels.")
+        if slip is not None:
+            return slip or None
+        if _math.isclose(value, (values[:r].sum() / values.sum()).item(), rel_tol=1e-3):
+            return ("you summed the singular values; the squared Frobenius norm is the sum of their squares "
+                    "(Eckart-Young, lesson 01).")
+        if _math.isclose(value, 1 - _math.sqrt(1 - expected), rel_tol=1e-3):
+            return "that is the drop of the norm itself; the question asks about the squared norm (the energy)."
+        return f"share = (sum of the top {r} squared singular values of W - Q(W)) / (sum of all squared ones)."
+
+    noise = _energy_share(_torch.randn(error.shape, generator=_torch.Generator().manual_seed(0)), r)
+    return run_check(f"share of the quantization error a rank-{r} start cancels", answer, find_problem,
+                     success=f"correct: {expected:.1%} at rank {r}; for a Gaussian random matrix of the same shape "
+                             f"the top {r} directions hold {noise:.1%}.")
+
+
+def _as_losses(value: Any):
+    from ..compare import ExampleLosses
+
+    if isinstance(value, ExampleLosses):
+        return value
+    sums, counts = value
+    return ExampleLosses.of(sums, counts)
+
+
+def check_base_format_experiment(prediction: Any, observed: Any, nf4: Any) -> Feedback:
+    """Lesson 09, experiment: the yardstick of the FP4 + DQ base (no adapter) against the NF4 + DQ base.
+
+    `observed` and `nf4` are the per-question answer losses (`ExampleLosses`)
+    of the two bases on the same questions, before any training. The outcome is
+    "lower" or "higher" when FP4's loss differs from NF4's by more than twice
+    the standard error over the questions, else "about the same".
+    """
+    from ..compare import loss_difference
+
+    reference = _as_losses(nf4)
+
+    def find_problem(answer):
+        predicted, seen = answer
+        predicted = _read_prediction(predicted)
+        try:
+            seen = _as_losses(seen)
+        except Exception:
+            return ("observed should be the per-question losses of the FP4 + DQ base: an ExampleLosses, e.g. "
+                    'base_losses("fp4", True).')
+        if seen.counts != reference.counts:
+            return (f"your losses cover {len(seen.counts)} questions with {sum(seen.counts)} answer tokens; the "
+                    f"NF4 base was scored on {len(reference.counts)} questions with {sum(reference.counts)}: "
+                    "score both on the same yardstick questions.")
+        if seen.sums == reference.sums:
+            return 'these are the NF4 losses again: score the base loaded with quantization="fp4".'
+        difference, error = loss_difference(reference, seen)
+        outcome = "lower" if difference < -2 * error else "higher" if difference > 2 * error else "about the same"
+        if predicted == outcome:
+            return None
+        if outcome == "higher":
+            why = ("NF4 puts its 16 levels where normally distributed weights are dense, FP4 spends them on a "
+                   "wider, sparser range, so FP4 rounds these weights further from their values")
+        elif outcome == "lower":
+            why = ("these weights are Q4_1 values (lesson 08): they sit on a uniform grid, not a normal "
+                   "distribution, and here FP4's levels happen to land closer to them than NF4's; on Gaussian "
+                   "weights NF4 wins, as the paper reports")
+        else:
+            why = ("both formats round every weight to one of 16 levels per block; on these weights the two "
+                   "roundings cost the answers about the same, and the difference stays inside the noise")
+        return (f"your observation is right; the prediction was not: FP4's base loss is {outcome} "
+                f"({reference.mean:.4f} NF4, {seen.mean:.4f} FP4, difference {difference:+.4f} ± "
+                f"{2 * error:.4f}). Why: {why}.")
+
+    answer = None if is_placeholder(prediction) or is_placeholder(observed) else (prediction, observed)
+    return run_check("experiment: FP4 instead of NF4 as the base", answer, find_problem,
+                     success="correct: prediction and observation agree.")

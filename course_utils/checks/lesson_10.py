@@ -1,167 +1,141 @@
-"""Self-checks of Lesson 10: choosing and serving (largest batch, adapters vs merged copies, alpha, serving modes)."""
+"""Self-checks of Lesson 10: capstone (making a plan fit, optimizer steps, adapter size of a 7B)."""
 
 from __future__ import annotations
 
-import math as _math
 from typing import Any
 
-from .core import Feedback, _as_count, _as_number, _close, is_placeholder, run_check
+from .core import Feedback, _as_count, is_placeholder, run_check
 
 
-def _placeholder_pair(answer: Any) -> Any:
-    """A pair whose parts are all still `...` counts as not attempted."""
-    if isinstance(answer, (tuple, list)) and answer and all(is_placeholder(a) for a in answer):
-        return ...
-    return answer
+def check_fitting_change(answer: Any, plan: Any, profile: Any, options: dict) -> Feedback:
+    """Which single change in `options` (letter -> plan.replan kwargs) makes `plan` fit `profile`'s GPU."""
+    from ..hardware import GIB as _GIB
+
+    available = profile.memory_gib * _GIB
+    totals = {letter: plan.replan(**change).total for letter, change in options.items()}
+    fitting = sorted(letter for letter, total in totals.items() if total <= available)
+
+    def find_problem(a):
+        letter = str(a).strip().lower()
+        if letter not in options:
+            return f"answer with one of the letters {sorted(options)}, e.g. answer = 'a'."
+        if letter in fitting:
+            return None
+        saved = (plan.total - totals[letter]) / _GIB
+        return (f"{options[letter]} saves only {saved:.2f} GiB: the plan still needs "
+                f"{totals[letter] / _GIB:.2f} GiB of {available / _GIB:.2f}. Look at the largest parts of the plan "
+                "(activations grow with batch x seq_len) and which change shrinks them.")
+
+    best = fitting[0] if fitting else None
+    success = (f"correct: {options[best]} brings it to {totals[best] / _GIB:.2f} GiB; activations scale with "
+               "batch x seq_len, rank and optimizer barely matter next to them." if best else "correct.")
+    return run_check("a change that fits", answer, find_problem, success=success)
 
 
-def _plan_fits(model: Any, profile: Any, headroom: float, **settings: Any) -> bool:
-    from ..memory import plan_memory
-
-    return plan_memory(model, profile=profile, **settings).total <= headroom * profile.memory_gib * 1024**3
-
-
-def largest_fitting_batch(model: Any, profile: Any, headroom: float = 0.9, limit: int = 4096, **settings: Any) -> int:
-    """The largest micro-batch for which `plan_memory(model, batch=b, **settings)` fits (0: none).
-
-    Memory grows with the batch, so a doubling search then a bisection finds it.
-    """
-    if not _plan_fits(model, profile, headroom, batch=1, **settings):
-        return 0
-    low, high = 1, 2
-    while high <= limit and _plan_fits(model, profile, headroom, batch=high, **settings):
-        low, high = high, high * 2
-    high = min(high, limit + 1)
-    while high - low > 1:  # low fits, high does not (or is past the limit)
-        mid = (low + high) // 2
-        if _plan_fits(model, profile, headroom, batch=mid, **settings):
-            low = mid
-        else:
-            high = mid
-    return low
-
-
-def check_largest_batch(answer: Any, model: Any, profile: Any, headroom: float = 0.9, **settings: Any) -> Feedback:
-    """Lesson 10: the largest micro-batch whose memory plan fits in `headroom` of the device."""
-    expected = largest_fitting_batch(model, profile, headroom, **settings)
-    full_memory = largest_fitting_batch(model, profile, 1.0, **settings)
-    no_checkpointing = (largest_fitting_batch(model, profile, headroom, **(settings | {"gradient_checkpointing": False}))
-                        if settings.get("gradient_checkpointing") else None)
+def check_optimizer_steps(answer: Any, n_examples: int, batch_size: int, grad_accum: int, epochs: int) -> Feedback:
+    """Optimizer steps for `epochs` passes over `n_examples` (incomplete micro-batches dropped)."""
+    micro_per_epoch = n_examples // batch_size
+    expected = epochs * micro_per_epoch // grad_accum
 
     def find_problem(a):
         value = _as_count(a)
         if value == expected:
             return None
-        if value == expected + 1:
-            return f"batch {value} is the first that does NOT fit; the answer is the last one that does."
-        if value == full_memory and full_memory != expected:
-            return f"that uses all {profile.memory_gib:.1f} GiB; leave the headroom ({headroom:.0%} usable)."
-        if no_checkpointing is not None and value == no_checkpointing:
-            return "that is the answer without gradient checkpointing; keep the settings the exercise gives."
-        if value > expected:
-            return f"batch {value} needs more than {headroom:.0%} of {profile.memory_gib:.1f} GiB; try smaller."
-        return f"batch {value} fits, but a larger one does too; keep going up until the plan stops fitting."
+        if value == epochs * micro_per_epoch:
+            return "that counts micro-batches; the optimizer steps once every grad_accum micro-batches."
+        if value == micro_per_epoch // grad_accum:
+            return "that is one epoch; multiply by the number of epochs."
+        if value == epochs * n_examples:
+            return "that is the number of examples seen; divide by the effective batch (batch_size x grad_accum)."
+        if value == epochs * n_examples * grad_accum // batch_size:
+            return "gradient accumulation makes the effective batch larger, so there are fewer steps: divide by it."
+        return (f"{value} is not it: one optimizer step consumes batch_size x grad_accum = "
+                f"{batch_size * grad_accum} examples.")
 
-    return run_check("largest batch that fits", answer, find_problem,
-                     success=f"correct: micro-batch {expected} is the largest that fits.")
-
-
-def check_adapters_vs_copies(answer: Any, model: Any, memory_gib: float, rank: int = 16, dtype: str = "bf16",
-                             headroom: float = 0.9) -> Feedback:
-    """Lesson 10: (merged copies, adapters next to one base) that fit in `headroom` x memory (weights only)."""
-    from ..choose import serving_bytes
-
-    sizes = serving_bytes(model, 1, rank=rank, dtype=dtype)
-    usable = headroom * memory_gib * 1024**3
-    copies = int(usable // sizes["base"])
-    adapters = int((usable - sizes["base"]) // sizes["adapter"]) if usable >= sizes["base"] else 0
-
-    answer = _placeholder_pair(answer)
-
-    def find_problem(a):
-        if not isinstance(a, (tuple, list)) or len(a) != 2:
-            return "answer with a pair: (number of merged copies, number of adapters next to one base)."
-        n_copies, n_adapters = _as_count(a[0]), _as_count(a[1])
-        if n_copies != copies:
-            if n_copies == int(memory_gib * 1024**3 // sizes["base"]):
-                return "merged copies: count only the usable share of memory (the headroom)."
-            return f"{n_copies} merged copies is not right: each copy is the whole model ({sizes['base'] / 1024**3:.2f} GiB)."
-        if n_adapters != adapters:
-            if n_adapters == int(usable // sizes["adapter"]):
-                return "adapters: the base model takes its share first; the adapters share what is left."
-            return (f"{n_adapters} adapters is not right: each adapter is {sizes['adapter'] / 1024**2:.1f} MiB "
-                    "(r (d + k) fp32 values per targeted matrix).")
-        return None
-
-    return run_check("adapters vs merged copies", answer, find_problem,
-                     success=f"correct: {copies} merged copies, or one base plus {adapters:,} adapters.")
+    return run_check("optimizer steps", answer, find_problem,
+                     success=f"correct: {expected} steps of {batch_size * grad_accum} examples each.")
 
 
-def check_equivalent_alpha(answer: Any, r_old: int, alpha_old: float, r_new: int) -> Feedback:
-    """Lesson 10: (alpha for plain LoRA, alpha with rsLoRA) at r_new giving the scale alpha_old / r_old had."""
-    scale = alpha_old / r_old
-    plain, rs = scale * r_new, scale * _math.sqrt(r_new)
+def _lora_params_from_config(config: Any, rank: int, suffixes: tuple[str, ...]) -> int:
+    h, i = config.hidden_size, config.intermediate_size
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    shapes = {"q_proj": (h, heads * head_dim), "k_proj": (h, kv * head_dim), "v_proj": (h, kv * head_dim),
+              "o_proj": (heads * head_dim, h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+    per_layer = sum(rank * (shapes[s][0] + shapes[s][1]) for s in suffixes)
+    return config.num_hidden_layers * per_layer
 
-    answer = _placeholder_pair(answer)
+
+def check_config_adapter_params(answer: Any, config: Any, rank: int = 16) -> Feedback:
+    """LoRA parameters for `rank` on all seven linear layers of every decoder layer of `config`."""
+    every = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    expected = _lora_params_from_config(config, rank, every)
+    layers = config.num_hidden_layers
+
+    class _NoGQA:  # the same config as if k and v had as many heads as q
+        def __init__(self, c):
+            self.__dict__.update(c.to_dict() if hasattr(c, "to_dict") else vars(c))
+            self.num_key_value_heads = self.num_attention_heads
 
     def find_problem(a):
-        if not isinstance(a, (tuple, list)) or len(a) != 2:
-            return "answer with a pair: (lora_alpha for plain LoRA, lora_alpha with use_rslora=True)."
-        a_plain, a_rs = _as_number(a[0]), _as_number(a[1])
-        if not _close(a_plain, plain, 1e-3):
-            if _close(a_plain, alpha_old):
-                return "keeping lora_alpha fixed shrinks the scale alpha / r when r grows; scale alpha with r."
-            return f"plain LoRA: the scale is lora_alpha / r; find lora_alpha with lora_alpha / {r_new} = {scale:g}."
-        if not _close(a_rs, rs, 1e-3):
-            if _close(a_rs, plain):
-                return "with use_rslora=True PEFT divides by sqrt(r), not r."
-            return f"rsLoRA: the scale is lora_alpha / sqrt(r); find lora_alpha with lora_alpha / sqrt({r_new}) = {scale:g}."
-        return None
+        value = _as_count(a)
+        if value == expected:
+            return None
+        if value == _lora_params_from_config(_NoGQA(config), rank, every):
+            return ("k_proj and v_proj are smaller than q_proj: with grouped-query attention their output is "
+                    "num_key_value_heads x head_dim, not hidden_size.")
+        if value == _lora_params_from_config(config, rank, every[:4]):
+            return "that is the attention projections only; all-linear also wraps gate, up and down."
+        if value == expected // layers:
+            return f"that is one decoder layer; the model has {layers}."
+        if value == 4 * expected:
+            return "that is the size in bytes (fp32); the question asks for the number of parameters."
+        if value == 2 * expected:
+            return "twice too many: A (r x k) and B (d x r) together hold r (d + k) per matrix; count them once."
+        return f"{value:,} is not it; per wrapped matrix count r (d + k), then sum over 7 matrices and {layers} layers."
 
-    return run_check("equivalent lora_alpha", answer, find_problem,
-                     success=f"correct: lora_alpha={plain:g} (plain) or {rs:.4g} (rsLoRA) keeps the scale at {scale:g}.")
+    return run_check("adapter parameters", answer, find_problem,
+                     success=f"correct: {expected:,} parameters, {4 * expected / 2**20:.0f} MiB in fp32.")
 
 
-def check_serving_experiment(prediction: Any, observed: Any, requests: Any, modes: Any) -> Feedback:
-    """Lesson 10, exercise 4: which serving mode answers one-adapter traffic fastest, predicted, then timed.
+def check_learning_rate_experiment(prediction: Any, observed: Any, reference: Any, new_rate: float) -> Feedback:
+    """Lesson 10, experiment: the resume demo's run again at `new_rate`: is its late loss lower or higher?
 
-    `observed` is {mode: [seconds per repeat]} as `time_modes` returns it, for
-    `requests` that all go to one adapter. The check looks at its inputs (every
-    mode timed at least twice, the traffic really one task), finds the fastest
-    mode against the timing's own noise (`course_utils.choose.fastest_modes`)
-    and accepts a prediction among the modes tied for fastest.
+    `observed` and `reference` are TrainResults of the same demo run (same batches, same start) at the new
+    and the original learning rate; the late loss is the mean of the last two steps.
     """
-    from ..choose import fastest_modes
-
-    modes = list(modes)
-    answer = ... if is_placeholder(prediction) and is_placeholder(observed) else (prediction, observed)
-    said: dict[str, str] = {}
+    def late(result: Any) -> float:
+        return sum(result.losses[-2:]) / 2
 
     def find_problem(pair):
-        guess, seconds = pair
-        if is_placeholder(guess):
-            return "write your prediction first (before you time anything): one of " + ", ".join(map(repr, modes)) + "."
-        if guess not in modes:
-            return f"{guess!r} is not a serving mode; choose one of " + ", ".join(map(repr, modes)) + "."
-        if is_placeholder(seconds):
-            return f"your prediction ({guess!r}) is written down; now time the modes and re-run."
-        if isinstance(seconds, tuple) and len(seconds) == 2 and isinstance(seconds[0], dict):
-            return "time_modes returns (seconds, answers); pass the seconds only: observed, _ = time_modes(...)."
-        if not isinstance(seconds, dict) or sorted(seconds) != sorted(modes):
-            return "pass the timings as time_modes returns them: {mode: [seconds, ...]} for every mode."
-        tasks = {r["task"] for r in requests}
-        if len(tasks) != 1:
-            return f"the requests mix tasks ({sorted(tasks)}); the experiment is one adapter's traffic only."
-        tied, noise = fastest_modes({mode: [float(t) for t in times] for mode, times in seconds.items()})
-        best = {mode: min(times) for mode, times in seconds.items()}
-        said["measured"] = (", ".join(f"{mode} {best[mode]:.2f} s" for mode in sorted(best, key=best.get))
-                            + f"; timing noise {noise:.0%}")
-        if guess in tied:
-            return None
-        return (f"you predicted {guess!r}, but {' and '.join(tied)} {'was' if len(tied) == 1 else 'were'} faster "
-                f"({said['measured']}). With one adapter there is nothing to mix: every mode makes one generate call "
-                "for all the requests, so the number of decoding loops is the same; what is left is the work per "
-                "step. A merged copy runs plain linear layers; unmerged, every adapted layer adds two small matmuls "
-                "(A, then B), and adapter_names adds a split of the batch by adapter in every layer.")
+        guess, run = pair
+        if is_placeholder(run) or not hasattr(run, "losses"):
+            return "set `observed` to the TrainResult that train_with_trainer returns for the run at the new rate."
+        if len(run.losses) != len(reference.losses):
+            return (f"the run has {len(run.losses)} steps, the demo {len(reference.losses)}: train the same "
+                    "demo_config with only the learning rate changed.")
+        if run.losses == reference.losses:
+            return "these are the demo's own losses: did you change the learning rate (replace(demo_config, ...))?"
+        if run.losses[0] != reference.losses[0]:
+            return ("the first step's loss differs from the demo's, so the run did not start where the demo did: "
+                    "call fresh_start() (or rebuild the model with torch.manual_seed(0)) before training.")
+        actual = "lower" if late(run) < late(reference) else "higher"
+        if str(guess).strip().lower() not in ("lower", "higher"):
+            return 'predict "lower" or "higher".'
+        if str(guess).strip().lower() != actual:
+            return (f"you predicted {guess!r}, but the late loss went from {late(reference):.3f} (demo) to "
+                    f"{late(run):.3f}: {actual}. " + (
+                        "A larger step moves faster down a smooth slope: on this easy start the adapter simply "
+                        "learns more per step." if actual == "lower" else
+                        "Adam moves every weight by about the learning rate per step, so 10x the rate is 10x "
+                        "the step: the updates overshoot and the loss stops falling (or rises)."))
+        return None
 
-    return run_check("serving experiment", answer, find_problem, success=lambda: f"your prediction matches the timing: {said['measured']}.")
+    answer = ... if is_placeholder(prediction) else (prediction, observed)
+    success = "correct."
+    if hasattr(observed, "losses") and observed.losses:
+        success = (f"correct: at learning rate {new_rate:g} the late loss is "
+                   f"{'lower' if late(observed) < late(reference) else 'higher'} than the demo's "
+                   f"({late(observed):.3f} vs {late(reference):.3f}).")
+    return run_check("learning-rate experiment", answer, find_problem, success=success)

@@ -75,7 +75,7 @@ def trim_to_answers(batch: dict[str, torch.Tensor]) -> dict:
     token's label. Every dropped column holds only -100, so the loss, its
     gradients and the Trainer's count of answer tokens are those of the whole
     batch, up to float rounding. A batch with a label on every token (lesson
-    04's unmasked prompt) keeps every position.
+    05's unmasked prompt) keeps every position.
     """
     labels = batch["labels"]
     length = labels.shape[1]

@@ -21,7 +21,7 @@ ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 ALL_LINEAR_TARGETS = ATTENTION_TARGETS + ("gate_proj", "up_proj", "down_proj")
 NAMED_TARGETS = {"attention": ATTENTION_TARGETS, "all-linear": ALL_LINEAR_TARGETS}
 
-# bitsandbytes storage constants (read off bitsandbytes 0.50.2 by lesson 06; tests/test_memory.py
+# bitsandbytes storage constants (read off bitsandbytes 0.50.2 by lesson 07; tests/test_memory.py
 # compares the byte counts built from them with real loaded models).
 BLOCKSIZE_4BIT = 64  # one absmax per 64 weights
 NESTED_BLOCKSIZE = 256  # double quantization: one fp32 scale per 256 absmax values

@@ -1,10 +1,10 @@
 """Quantization from scratch: absmax, zero-point, block-wise, NF4, FP4, double quantization.
 
-Lessons 05 and 06 build each function here in the open, then import it. The
+Lessons 06 and 07 build each function here in the open, then import it. The
 4-bit and double-quantization code reproduces bitsandbytes 0.50.2 on the CPU
 bit for bit (same codes, same scales, same dequantized values), which
 tests/test_quant.py checks against the library itself. Two details matter for
-that, and both are taught in lesson 06:
+that, and both are taught in lesson 07:
 
 * 4-bit codes: bitsandbytes multiplies each block by the reciprocal of its
   absmax and compares with the midpoints between neighbouring levels. Dividing
@@ -26,8 +26,8 @@ multiple of the block size, e.g. 576 columns with block size 128); its own
 pure-PyTorch path and this module agree there. Rows of the course's models
 are multiples of 64, so QLoRA's setting is unaffected.
 
-One module per concern: `integer` (lesson 05), `tables`, `four_bit` and
-`double_quant` (lesson 06), `accounting` (bits per parameter), `history` (the
+One module per concern: `integer` (lesson 06), `tables`, `four_bit` and
+`double_quant` (lesson 07), `accounting` (bits per parameter), `history` (the
 Q4_1 footprint of the offline weights), `histogram` (the plot both lessons
 draw) and `validate` (the formats' constants, the shared input checks). Every
 name is importable from `course_utils.quant`.

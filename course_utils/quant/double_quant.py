@@ -1,4 +1,4 @@
-"""Lesson 06: double quantization of the block scales (8-bit codes of the absmax values), as bitsandbytes' CPU
+"""Lesson 07: double quantization of the block scales (8-bit codes of the absmax values), as bitsandbytes' CPU
 kernel rounds them."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Lesson 06: block-wise 4-bit quantization (NF4, FP4), bit-exact with bitsandbytes on the CPU, and 4-bit
+"""Lesson 07: block-wise 4-bit quantization (NF4, FP4), bit-exact with bitsandbytes on the CPU, and 4-bit
 packing."""
 
 from __future__ import annotations

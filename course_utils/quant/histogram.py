@@ -1,4 +1,4 @@
-"""A histogram of weights with the levels of a format drawn over it (lessons 05 and 06)."""
+"""A histogram of weights with the levels of a format drawn over it (lessons 06 and 07)."""
 
 from __future__ import annotations
 

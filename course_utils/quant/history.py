@@ -1,4 +1,4 @@
-"""Lessons 05-07: were these weights 4-bit once already? (GGUF Q4_1 leaves at most 16 values per 32-weight
+"""Lessons 06-08: were these weights 4-bit once already? (GGUF Q4_1 leaves at most 16 values per 32-weight
 block.)"""
 
 from __future__ import annotations

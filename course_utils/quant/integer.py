@@ -1,4 +1,4 @@
-"""Lesson 05: absmax (symmetric) and zero-point (asymmetric) integer quantization, whole-tensor and block-wise."""
+"""Lesson 06: absmax (symmetric) and zero-point (asymmetric) integer quantization, whole-tensor and block-wise."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Lesson 06: the 16 levels of NF4, FP4 and Int4, and the midpoints a code is chosen by."""
+"""Lesson 07: the 16 levels of NF4, FP4 and Int4, and the midpoints a code is chosen by."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Self-checks of lessons 05 and 06: placeholder, typical wrong answers, right answer."""
+"""Self-checks of lessons 06 and 07: placeholder, typical wrong answers, right answer."""
 
 import torch
 

@@ -1,4 +1,4 @@
-"""Self-checks of lesson 04: placeholder, typical wrong answers, right answer.
+"""Self-checks of lessons 04 and 05: placeholder, typical wrong answers, right answer.
 
 The expectations are computed here from a small model with the Llama layer
 names (three layers, narrower k/v like grouped-query attention), independently
