@@ -36,15 +36,17 @@ JOBS ?= 2
 PARALLEL = -n $(JOBS) --dist loadfile
 # Longest first, so that the two workers finish together (measured spans in docs/measurements.md §2). xdist
 # hands each worker two notebooks at first (1st and 3rd to one, 2nd and 4th to the other), then one more whenever
-# one starts: lesson 05 (the long pole) and then 10 on one worker; 02, 09, 04 and 11 on the other, 11 once 05's
-# runs are in the cache (a notebook needing an adapter that another is training waits for its lock). The
-# notebooks are named one by one: given a folder, pytest (8+) collects its files in name order.
+# one starts: lesson 05 (the long pole, 23 minutes on an AVX2 core) and then 11 (which reads 05's runs) on one
+# worker; 02, 10, 09, 04 and the short ones on the other (09 and 04 read runs 05 makes in its first minutes; a
+# notebook needing an adapter that another is training waits for its lock). The notebooks are named one by
+# one: given a folder, pytest (8+) collects its files in name order.
 RUNS = build/executed/runs/notebooks
-ORDER = 05 02 10 09 04 11 08 03 07 06 00 01
+ORDER = 05 02 11 10 09 04 08 03 07 06 00 01
 test: setup
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest tests $(PARALLEL) --durations=25 -m "not browser"
 	$(PY) tools/run_all.py --copy-only notebooks
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MPLBACKEND=module://matplotlib_inline.backend_inline $(PY) -m pytest $(PARALLEL) --nbmake --nbmake-timeout=3600 --durations=0 --overwrite $(foreach n,$(ORDER),$(RUNS)/$(n)_*.ipynb) $(RUNS)/*.ipynb
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MPLBACKEND=module://matplotlib_inline.backend_inline $(PY) -m pytest $(PARALLEL) --nbmake --nbmake-timeout=3600 --durations=0 --overwrite $(foreach n,$(ORDER),$(RUNS)/$(n)_*.ipynb) $(RUNS)/*.ipynb \
+	  || { $(PY) tools/run_all.py --split; exit 1; }  # a failed run is split too, for its copies to inspect
 	$(PY) tools/run_all.py --split
 	$(PY) tools/build_site.py --require-executed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/test_site.py -m browser --durations=0

@@ -208,7 +208,7 @@ def lesson_plan(profile: HardwareProfile) -> list[tuple[str, str]]:
                 else "the tiny SmolLM2-135M model with the same code (7B needs a >= 15 GB GPU)")
     return [
         ("01-03 rank, SVD, LoRA from scratch", f"{profile.kind}, {size}"),
-        ("04-05 LoRA with PEFT, LoRA experiments", f"SmolLM2-135M, LoRA in {dtype}, {size}"),
+        ("04-05 LoRA with PEFT, experiments", f"SmolLM2-135M, LoRA in {dtype}, {size}"),
         ("06-07 quantization, NF4", "real weights of SmolLM2-135M, bit-exact comparison with bitsandbytes"),
         ("08 QLoRA storage and compute", f"SmolLM2-135M, 4-bit: {four_bit}"),
         ("09 QLoRA training", f"SmolLM2-135M, QLoRA vs LoRA adapters, {size}"),

@@ -1,7 +1,7 @@
 """Singular values, energy and low-rank approximation: the linear algebra behind LoRA.
 
 Lesson 01 builds these ideas inline and then imports them from here; lessons 02
-and 04 reuse them on real weight updates. Everything works on torch tensors and
+and 05 reuse them on real weight updates. Everything works on torch tensors and
 is computed in float64 where precision matters, so a tolerance in a lesson's
 `assert` is about the maths, not about float32 rounding.
 

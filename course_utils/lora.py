@@ -258,11 +258,12 @@ def lora_budget(model: nn.Module, targets: Sequence[str], r: int) -> int:
     Computed from the base model's shapes before any adapter exists, so a plan
     (or a fair comparison of two target sets, lesson 05) needs no PEFT model;
     lesson 04 checks it against PEFT's own count. A module is targeted when the
-    last part of its name is one of `targets`, as PEFT matches `target_modules`.
+    last part of its name is one of `targets`, as PEFT matches `target_modules`;
+    on a model PEFT already wrapped, the wrapped layer (`.base_layer`) counts.
     """
     check_rank(r)
     return sum(r * (m.in_features + m.out_features) for name, m in model.named_modules()
-               if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in targets)
+               if isinstance(m, nn.Linear) and name.removesuffix(".base_layer").rsplit(".", 1)[-1] in targets)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

@@ -71,7 +71,7 @@ def test_equal_budget_rank():
     assert checks.check_equal_budget_rank(4.5, MODEL, 2).status == WRONG
 
 
-# The rsLoRA experiment (exercise 3): the check recomputes the observation from the cache; here the cache is faked.
+# The rsLoRA experiment (lesson 05, exercise 2): the check recomputes the observation from the cache; here the cache is faked.
 COUNTS = (10,) * 20
 PLAIN = ExampleLosses.of([5.0 + (i % 3) for i in range(20)], COUNTS)  # mean 0.595
 MUCH_LOWER = ExampleLosses.of([3.0 + (i % 3) for i in range(20)], COUNTS)  # every question 0.2 lower

@@ -261,5 +261,6 @@ def test_lora_budget_from_shapes_equals_peft_trainable_count(targets):
     predicted = lora_budget(model, targets, r=3)
     peft_model = get_peft_model(copy.deepcopy(model), PeftLoraConfig(r=3, target_modules=targets))
     assert predicted == sum(p.numel() for p in peft_model.parameters() if p.requires_grad) > 0
+    assert lora_budget(peft_model, targets, r=3) == predicted  # the wrapped layers (.base_layer) count the same
     with pytest.raises(ValueError, match="r must be an integer at least 1"):
         lora_budget(model, targets, r=0)

@@ -73,6 +73,17 @@ def test_a_solution_out_of_step_or_a_lesson_cell_after_its_exercises_is_refused(
     lesson, solution = synthetic_pair(tmp_path / "b", after_exercise="print(x)")
     with pytest.raises(ValueError, match="ends with its exercises"):
         run_all.run_notebook(lesson, solution)
+    lesson, solution = synthetic_pair(tmp_path / "c")
+    stale = nbformat.read(solution, as_version=4)
+    stale.cells[1].metadata["tags"] = ["hidden"]  # the same source, other metadata: not what sync_solutions builds
+    nbformat.write(stale, solution)
+    with pytest.raises(ValueError, match="sync_solutions"):
+        run_all.run_notebook(lesson, solution)
+    twice = nbformat.read(lesson, as_version=4)
+    twice.cells[1].metadata["tags"] = ["exercise-1"]
+    nbformat.write(twice, lesson)
+    with pytest.raises(ValueError, match="share an exercise tag"):
+        run_all.run_notebook(lesson, solution)
 
 
 def test_a_solution_asked_for_without_its_lesson_runs_alone(tmp_path, monkeypatch):

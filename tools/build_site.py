@@ -5,8 +5,8 @@
     python tools/build_site.py --allow-missing    # development: pages without outputs, clearly marked
 
 The executed copies come from build/executed/ (written by `make test` through
-`tools/run_all.py --copy-only` + `pytest --nbmake --overwrite`, or by
-`tools/run_all.py`), with build/executed/run_info.json saying which hardware
+`tools/run_all.py --copy-only` + `pytest --nbmake --overwrite` + `tools/run_all.py --split`,
+or by `tools/run_all.py`; a lesson and its solution run in one kernel), with build/executed/run_info.json saying which hardware
 and which commit computed them. Nothing is executed here unless a copy is
 missing and --execute-missing was given. COURSE_REQUIRE_EXECUTED=1 (CI) makes a
 missing, stale or failed copy an error whatever the options.

@@ -43,6 +43,8 @@ from pathlib import Path
 
 import nbformat
 
+from sync_solutions import build_solution, exercise_tag
+
 ROOT = Path(__file__).resolve().parent.parent
 EXECUTED = ROOT / "build" / "executed"
 RUN_INFO = "run_info.json"
@@ -54,7 +56,6 @@ INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
 RUNS = "runs"  # under the output folder: the notebooks as executed, a lesson with its solved exercises appended
 RUN_KEY = "course_run"  # notebook and cell metadata of a run: where its cells go when it is split
-EXERCISE_PREFIX = "exercise-"
 
 
 def notebooks_in(args: list[str]) -> list[Path]:
@@ -144,10 +145,6 @@ def copy_path(path: Path, out: Path) -> tuple[str, Path]:
 
 # --------------------------------------------------------------------------- a lesson and its solution in one kernel
 
-def exercise_tag(cell) -> str | None:
-    return next((t for t in cell.get("metadata", {}).get("tags", []) if t.startswith(EXERCISE_PREFIX)), None)
-
-
 def group_runs(paths: list[Path]) -> list[tuple[Path, Path | None]]:
     """(notebook, its solution or None) per kernel: a lesson asked for with its solution runs with it."""
     chosen = {p.resolve() for p in paths}
@@ -164,8 +161,9 @@ def run_notebook(lesson: Path, solution: Path | None):
     """The notebook one kernel executes: the lesson, then (if given) the solution's solved exercise cells.
 
     Refused where the solution is not its lesson with the exercise cells replaced
-    (run tools/sync_solutions.py), or where a lesson cell follows its first
-    exercise: the solved cells run after the whole lesson, so they must be last.
+    (what tools/sync_solutions.py builds: run it), where two cells share an
+    exercise tag, or where a lesson cell follows its first exercise: the solved
+    cells run after the whole lesson, so they must be last.
     """
     notebook = nbformat.read(lesson, as_version=4)
     notebook.metadata[RUN_KEY] = {"lesson": repository_path(lesson),
@@ -174,23 +172,29 @@ def run_notebook(lesson: Path, solution: Path | None):
         return notebook
     solved = nbformat.read(solution, as_version=4)
     tags = [exercise_tag(c) for c in notebook.cells]
+    named = [t for t in tags if t]
+    if len(set(named)) != len(named):
+        raise ValueError(f"{lesson}: two cells share an exercise tag ({named}); each exercise has its own.")
     first = next((i for i, t in enumerate(tags) if t), len(tags))
     if any(t is None and c.cell_type == "code" for t, c in zip(tags[first:], notebook.cells[first:])):
         raise ValueError(f"{lesson}: a code cell follows the first exercise; the solved exercises run after "
                          "the whole lesson, so a lesson ends with its exercises (move the cell above them).")
-    expected = [(c.cell_type, c.source) for c in notebook.cells]
-    got = [(c.cell_type, c.source) for c in solved.cells]
-    replaced = [i for i, t in enumerate(tags) if t]
-    if len(got) != len(expected) or any(got[i] != expected[i] for i in range(len(got)) if i not in replaced) or \
-            [exercise_tag(solved.cells[i]) for i in replaced] != [tags[i] for i in replaced]:
+    plain = nbformat.reads(nbformat.writes(solved), as_version=4)  # build_solution wants plain dicts
+    try:
+        rebuilt = build_solution(nbformat.reads(nbformat.writes(notebook), as_version=4), plain, lesson.name)
+    except SystemExit as missing:  # sync_solutions reports a missing solved cell by exiting
+        raise ValueError(str(missing)) from None
+    rebuilt["metadata"].pop(RUN_KEY, None)
+    if rebuilt != plain:
         raise ValueError(f"{solution} is not {lesson} with its exercise cells solved: run "
                          "`python tools/sync_solutions.py`, then again.")
-    for i in replaced:
-        cell = solved.cells[i]
-        cell.metadata[RUN_KEY] = {"solves": tags[i], "id": cell.get("id")}
-        if "id" in cell:
-            cell.id = f"solved-{i}"  # cell ids are unique within a notebook; the solution's own comes back in split
-        notebook.cells.append(cell)
+    for i, tag in enumerate(tags):
+        if tag:
+            cell = next(c for c in solved.cells if exercise_tag(c) == tag)
+            cell.metadata[RUN_KEY] = {"solves": tag, "id": cell.get("id")}
+            if "id" in cell:
+                cell.id = f"solved-{i}"  # cell ids are unique within a notebook; the solution's own comes back in split
+            notebook.cells.append(cell)
     return notebook
 
 

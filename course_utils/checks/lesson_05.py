@@ -4,21 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from .core import Feedback, _as_count, _linear_shapes, is_placeholder, run_check
-
-
-_ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-_ALL_LINEAR_TARGETS = _ATTENTION_TARGETS + ("gate_proj", "up_proj", "down_proj")
-
-
-def _lora_budget(model: Any, target_modules: Any, r: int) -> int:
-    return sum(r * (i + o) for _, i, o in _linear_shapes(model, target_modules))
+from ..adapters import TARGET_SETS
+from ..lora import lora_budget
+from .core import Feedback, _as_count, is_placeholder, run_check
 
 
 def check_equal_budget_rank(answer: Any, model: Any, all_linear_rank: int) -> Feedback:
     """The attention-only rank whose budget is closest to that of all-linear at `all_linear_rank`."""
-    target = _lora_budget(model, _ALL_LINEAR_TARGETS, all_linear_rank)
-    per_rank = _lora_budget(model, _ATTENTION_TARGETS, 1)
+    target = lora_budget(model, TARGET_SETS["all-linear"], all_linear_rank)
+    per_rank = lora_budget(model, TARGET_SETS["attention"], 1)
     if per_rank == 0:
         raise ValueError("the model has no q_proj/k_proj/v_proj/o_proj layers; pass a Llama-style model.")
     expected = min(range(1, 4 * target // per_rank + 2), key=lambda r: abs(r * per_rank - target))

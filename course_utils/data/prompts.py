@@ -75,7 +75,9 @@ def trim_to_answers(batch: dict[str, torch.Tensor]) -> dict:
     token's label. Every dropped column holds only -100, so the loss, its
     gradients and the Trainer's count of answer tokens are those of the whole
     batch, up to float rounding. A batch with a label on every token (lesson
-    05's unmasked prompt) keeps every position.
+    05's unmasked prompt) keeps every position. (Not for context-parallel
+    training, which splits labels and inputs along the sequence: the course
+    trains on one device.)
     """
     labels = batch["labels"]
     length = labels.shape[1]
