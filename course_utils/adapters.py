@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -245,16 +246,22 @@ def adapter_example_losses(settings: AdapterSettings, split: str = "validation",
     return ExampleLosses.of(*computed_once(folder / f"losses-{split}-{n or 'all'}.json", score))
 
 
-def seed_runs(name: str, profile: HardwareProfile | None = None, **change) -> list:
+def seed_runs(name: str, profile: HardwareProfile | None = None, seeds: Sequence[int] = SEEDS, **change) -> list:
     """One arm of a comparison: the yardstick of `experiment_settings(profile, seed=seed, **change)` per seed.
 
     Each adapter comes from the cache or is trained (on a CPU a minute or two
     per seed); each result is printed as it arrives, so a long comparison shows
-    its progress run by run. Returns one `ExampleLosses` per seed in `SEEDS`,
-    ready for `course_utils.compare.compare_runs`.
+    its progress run by run. Returns one `ExampleLosses` per seed in `seeds`,
+    ready for `course_utils.compare.compare_runs`. Pass part of `SEEDS` to give
+    each training its own cell where one arm would keep a CPU learner waiting
+    too long (lesson 09's QLoRA arm).
     """
+    unknown = [seed for seed in seeds if seed not in SEEDS]
+    if unknown or not seeds:
+        raise ValueError(f"seeds must be a non-empty part of SEEDS = {list(SEEDS)}, got {list(seeds)}: the course's "
+                         "comparisons pair runs by these seeds (compare_runs).")
     runs = []
-    for seed in SEEDS:
+    for seed in seeds:
         runs.append(adapter_example_losses(experiment_settings(profile, seed=seed, **change), profile=profile))
         print(f"{name}, seed {seed}: answer loss {runs[-1].mean:.4f}", flush=True)
     return runs

@@ -196,6 +196,11 @@ def _lesson_problems(page, server: str, path: str) -> list[str]:
         problems.append("no download link of this notebook")
     if not ("Outputs computed on" in info and "commit" in info):
         problems.append(f"does not say where its outputs were computed:\n{info}")
+    text = page.locator("body").inner_text()
+    for unwanted in ("site-packages/", str(ROOT) + "/", "Loading weights:"):
+        if unwanted in text:
+            line = next(l for l in text.splitlines() if unwanted in l)
+            problems.append(f"shows what a reader should not see ({unwanted!r}): {line[:160]}")
     return problems
 
 

@@ -360,3 +360,28 @@ def test_the_transfer_check_is_scored_like_a_split_and_keyed_by_its_questions(tm
     assert name != "report-transfer-all.json"  # an edited check gets a new report, not the stale one
     with pytest.raises(ValueError, match="SQL only"):
         adapters_module.split_examples("json", adapters_module.TRANSFER_SPLIT)
+
+
+def test_seed_runs_trains_the_seeds_asked_for_in_order_and_prints_each(monkeypatch, capsys):
+    from course_utils.compare import ExampleLosses
+
+    asked = []
+
+    def fake_losses(settings, profile=None):
+        asked.append(settings)
+        return ExampleLosses.of([float(settings.seed + 1)], [1])
+
+    monkeypatch.setattr(adapters_module, "adapter_example_losses", fake_losses)
+    profile = detect()
+    one_cell = adapters_module.seed_runs("arm", profile, seeds=adapters_module.SEEDS[1:], r=4)
+    assert [s.seed for s in asked] == list(adapters_module.SEEDS[1:]) and all(s.r == 4 for s in asked)
+    assert [run.mean for run in one_cell] == [seed + 1.0 for seed in adapters_module.SEEDS[1:]]
+    assert capsys.readouterr().out.splitlines() == [f"arm, seed {seed}: answer loss {seed + 1.0:.4f}"
+                                                    for seed in adapters_module.SEEDS[1:]]
+    asked.clear()
+    assert len(adapters_module.seed_runs("arm", profile)) == len(adapters_module.SEEDS)
+    assert [s.seed for s in asked] == list(adapters_module.SEEDS)
+    with pytest.raises(ValueError, match="part of SEEDS"):
+        adapters_module.seed_runs("arm", profile, seeds=[7])
+    with pytest.raises(ValueError, match="part of SEEDS"):
+        adapters_module.seed_runs("arm", profile, seeds=[])

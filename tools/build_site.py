@@ -46,6 +46,11 @@ LINK = re.compile(r"(\]\()([^)\s]+)(\))")
 SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 CARRIAGE_RETURN = re.compile(r"[^\n]*\r(?=[^\n])")
 BACKSPACE = re.compile(r"[^\n]\x08")
+# What a reader should not see on a page: the libraries' loading bars (a model load prints three), and the
+# machine's paths in warnings (kept as the package-relative path: `peft/tuners/lora/bnb.py:377: UserWarning`).
+LOADING_BAR = re.compile(r"^(Loading weights|Converting and de-quantizing GGUF tensors\.*|Writing model shards)"
+                         r":[^\n]*\|[^\n]*(\n|$)", re.M)
+MACHINE_PATH = re.compile(r"(?<![\w/.])/[^\s:'\"]*/(site-packages|dist-packages)/")
 
 sys.path.insert(0, str(ROOT / "tools"))
 from run_all import load_run_info  # noqa: E402
@@ -164,8 +169,15 @@ def coalesce_streams(outputs: list) -> list:
             text = CARRIAGE_RETURN.sub("", output.text)
             while BACKSPACE.search(text):
                 text = BACKSPACE.sub("", text)
-            output.text = text
-    return merged
+            output.text = reader_text(text) if output.name == "stderr" else text
+    return [o for o in merged if o.output_type != "stream" or o.text.strip()]
+
+
+def reader_text(stderr: str) -> str:
+    """A cell's stderr as a page shows it: no library loading bars, no machine paths (see LOADING_BAR)."""
+    text = LOADING_BAR.sub("", stderr)
+    text = MACHINE_PATH.sub("", text)
+    return text.replace(str(ROOT) + "/", "")
 
 
 # --------------------------------------------------------------------------- run information

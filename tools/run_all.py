@@ -21,7 +21,8 @@ the cells tagged `exercise-N`, and every lesson ends with its exercises). The
 lesson's copy gets the lesson's cells; the solution's copy gets the same
 executed cells with each exercise replaced by its solved, executed twin. So a
 solution costs only what its exercises compute, not a second run of the
-lesson (17 of the 77 core-minutes of a CI run at 0e2787d).
+lesson (18.5 of the 76 notebook core-minutes of a CI run at 0e2787d on an AVX2
+EPYC; docs/measurements.md §2.1).
 
 Either way build/executed/run_info.json records, at execution time, the
 hardware that runs the notebooks and the git commit they come from; the site
