@@ -129,7 +129,7 @@ def bitsandbytes_status() -> tuple[bool, str]:
     except Exception as exc:  # a broken CUDA build raises more than ImportError
         return False, (
             f"bitsandbytes cannot be imported ({type(exc).__name__}: {exc}). "
-            "Install it with `pip install bitsandbytes` (0.45 or newer runs on CPU and CUDA)."
+            "Install it with `pip install bitsandbytes` (0.46 or newer, the course's floor, runs on CPU and CUDA)."
         )
     return True, "bitsandbytes is available"
 
@@ -138,10 +138,13 @@ def bitsandbytes_status() -> tuple[bool, str]:
 # Versions: what is installed vs the ranges the course is tested with
 # ---------------------------------------------------------------------------
 
-# The exact versions CI ran the course with (update when CI moves on).
+# The versions CI ran the course with, shown next to the installed ones by lesson 00 (update when CI
+# moves on). Only for reading: whether an install is supported is decided by pyproject's ranges
+# (`VersionCheck.ok`), so a newer release that CI picks up within the ranges breaks nothing here.
+# tests/test_versions.py fails when the installed release series (major.minor) differs from these.
 TESTED_VERSIONS = {
-    "torch": "2.13.0", "transformers": "5.24.0", "peft": "0.21.2", "bitsandbytes": "0.50.2",
-    "accelerate": "1.15.0", "datasets": "5.2.0", "matplotlib": "3.11.2",
+    "torch": "2.13.0", "transformers": "5.25.0", "peft": "0.21.2", "bitsandbytes": "0.50.2",
+    "accelerate": "1.16.0", "datasets": "5.2.0", "matplotlib": "3.11.2",
 }
 
 

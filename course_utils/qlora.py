@@ -180,15 +180,21 @@ def most_distinct_per_block(weight: torch.Tensor, block_size: int = 32) -> int:
 
 
 def four_bit_linear(weight: torch.Tensor, quant_type: str = "nf4", double_quant: bool = True,
-                    compute_dtype: torch.dtype = torch.float32, device: str = "cpu"):
+                    compute_dtype: torch.dtype = torch.float32, device: str | torch.device | None = None):
     """A bitsandbytes `Linear4bit` (no bias) holding `weight` in 4 bits, in eval mode.
 
     The storage settings (`quant_type`, `double_quant`) decide what is stored;
     `compute_dtype` decides what the matmul runs in. The CPU bf16 shortcut is
     switched off, as in every model the course loads, so a bf16 compute dtype
-    really means "dequantize to bf16, then an ordinary bf16 matmul".
+    really means "dequantize to bf16, then an ordinary bf16 matmul". The layer is
+    quantized on `device`, by default `weight`'s own device: a weight taken from a
+    model on a GPU gives a layer on that GPU, quantized by bitsandbytes' CUDA kernel
+    as the model's own layers were, and its dequantized weight compares with `weight`
+    without moving either.
     """
     import bitsandbytes as bnb
+
+    device = weight.device if device is None else device
 
     out_features, in_features = weight.shape
     layer = bnb.nn.Linear4bit(in_features, out_features, bias=False, compute_dtype=compute_dtype,
@@ -235,20 +241,26 @@ def lora_delta(module, adapter_name: str = "default") -> torch.Tensor | None:
 
 
 def dequantized_equivalent(model4bit: torch.nn.Module, profile: HardwareProfile | None = None,
-                           adapter_name: str | None = "default"):
+                           adapter_name: str | None = "default", dtype: torch.dtype | None = None,
+                           **load_kwargs):
     """A plain model that computes what `model4bit` (4-bit base, LoRA adapter or not) computes.
 
     Every 4-bit weight is dequantized once and, where the adapter is attached,
-    its update scaling x B @ A is added: this is merging into a dequantized base
-    (lesson 09). Pass adapter_name=None to leave the adapter out (the plain Q(W)
-    base). The result is a fresh unquantized model of the same architecture in the
-    profile's dtype; on a CPU it generates many times faster than the 4-bit model,
-    which dequantizes every weight again for every new token.
+    its update scaling x B @ A is added in fp32: this is merging into a dequantized
+    base (lesson 09). Pass adapter_name=None to leave the adapter out (the plain Q(W)
+    base). The result is a fresh unquantized model of the same architecture, on the
+    profile's device, stored in `dtype` (default: the profile's dtype, as
+    `course_utils.models.load_model` chooses: fp32 on a CPU, the 16-bit compute dtype
+    on a GPU). The merged weight Q(W) + scaling B A is rounded once, to that dtype:
+    pass dtype=torch.float32 for the merge in exact fp32 arithmetic on any machine.
+    `load_kwargs` (model_id, local_dir) go to `load_model`: the same model `model4bit`
+    was loaded from. On a CPU the result generates many times faster than the 4-bit
+    model, which dequantizes every weight again for every new token.
     """
     from .models import load_model
 
     profile = profile or detect()
-    plain = load_model(profile=profile)
+    plain = load_model(profile=profile, dtype=dtype, **load_kwargs)
     with torch.no_grad():
         for name, module in four_bit_modules(model4bit):
             weight = dequantize_weight(module)

@@ -297,6 +297,90 @@ def test_activation_estimate_on_the_tiny_model_itself(fp32_model, tiny_config):
     assert plan.activation_detail.saved == pytest.approx(measured, rel=0.005)
 
 
+def _with_16bit_decoder_linears(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """The dtypes of a prepared QLoRA model, with `dtype` linears standing in for the 4-bit ones.
+
+    `prepare_model_for_kbit_training` (and the course's `prepare_for_training` on an fp16 GPU)
+    leave every tensor that is not 4-bit in fp32: embeddings, norms, biases and the lm_head.
+    """
+    output = model.get_output_embeddings()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module is not output:
+            module.to(dtype)
+    return model
+
+
+def test_fp32_head_under_autocast_costs_the_16bit_copy_autograd_saves(mini):
+    """An fp32 lm_head under 16-bit autocast: the plan's saved bytes match autograd's, copy included.
+
+    The mini models cover an untied head (qwen2, olmo2) and a head tied to the embeddings (llama),
+    whose shared matrix is cast all the same. The check discriminates: the copy is far larger than
+    the tolerance, so a plan without it fails.
+    """
+    config, base = mini
+    batch, seq_len, dtype = 2, 16, torch.bfloat16  # bf16: the autocast dtype a CPU runs
+    model = _peft(_with_16bit_decoder_linears(copy.deepcopy(base), dtype), 8, NAMED_TARGETS["all-linear"])
+    model.train()
+    assert model.get_output_embeddings().weight.dtype == torch.float32
+    ids = torch.randint(0, config.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(0))
+    measured = saved_activation_bytes(model, ids, autocast_dtype=dtype)
+    plan = plan_memory(config, "lora", rank=8, targets="all-linear", batch=batch, seq_len=seq_len,
+                       compute_dtype=dtype, weight_dtype=dtype, unquantized_dtype=torch.float32, device="cpu")
+    detail = plan.activation_detail
+    assert detail.head_weight_copy == config.vocab_size * config.hidden_size * 2  # bf16: 2 bytes
+    predicted = detail.saved + detail.weight_casts + detail.head_weight_copy
+    assert predicted == pytest.approx(measured, rel=0.005)
+    assert detail.head_weight_copy > 0.02 * measured  # without the copy the plan would be off by more than rel
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-7b", "smollm2-135m"])  # untied head, head tied to the embeddings
+@pytest.mark.parametrize("compute_dtype", [torch.float16, torch.bfloat16])
+def test_head_copy_is_vocab_times_hidden_in_the_compute_dtype(name, compute_dtype):
+    config = load_config(name)
+    plan = plan_memory(name, "qlora", batch=1, seq_len=64, compute_dtype=compute_dtype,
+                       unquantized_dtype=torch.float32, device="cuda")
+    element_size = torch.empty(0, dtype=compute_dtype).element_size()
+    expected = config.vocab_size * config.hidden_size * element_size
+    assert plan.activation_detail.head_weight_copy == expected
+    assert plan.activation_detail.total == plan.activations  # the copy is inside the activations part
+    without_copy = plan.activation_detail.total - expected
+    assert plan.activations - without_copy == expected
+    assert "lm_head 16-bit copy" in plan.summary()
+
+
+HEAD_COPY_CASES = {  # name -> (method, compute dtype, dtype of embeddings / head / norms, copy expected)
+    "qlora on a T4: fp32 head, fp16 autocast": ("qlora", torch.float16, torch.float32, True),
+    "qlora on Ampere, fp32 head kept": ("qlora", torch.bfloat16, torch.float32, True),
+    "qlora, head in the compute dtype": ("qlora", torch.float16, torch.float16, False),
+    "lora on a 16-bit base, head in the compute dtype": ("lora", torch.bfloat16, torch.bfloat16, False),
+    "fp32 compute: no autocast": ("lora", torch.float32, torch.float32, False),
+    "full FT: the head trains, its copy is a weight cast": ("full", torch.float16, torch.float32, False),
+}
+
+
+@pytest.mark.parametrize("case", list(HEAD_COPY_CASES))
+def test_head_copy_is_planned_exactly_for_a_frozen_head_cast_by_autocast(case):
+    method, compute, head, expected = HEAD_COPY_CASES[case]
+    plan = plan_memory("qwen2.5-7b", method, batch=1, seq_len=64, compute_dtype=compute,
+                       unquantized_dtype=head, device="cuda")
+    assert (plan.activation_detail.head_weight_copy > 0) == expected, case
+    assert ("lm_head 16-bit copy" in plan.summary()) == expected, case
+    if method == "full":  # the trained fp32 head's copy is counted once, among the trained weights' casts
+        layout = plan.layout
+        assert plan.activation_detail.weight_casts >= 2 * (layout.embedding_params + layout.lm_head_params)
+
+
+def test_the_capstone_plan_on_a_t4_prices_its_fp32_head_copy():
+    """The recipe keeps the head in fp32 on a T4 (`planned_dtypes`), so its plan carries the copy; an A100's does not."""
+    from course_utils.capstone import QLoRARecipe
+
+    config = load_config("qwen2.5-7b")
+    t4_plan, a100_plan = QLoRARecipe().plan(T4), QLoRARecipe().plan(A100_40GB)
+    assert t4_plan.activation_detail.head_weight_copy == config.vocab_size * config.hidden_size * 2  # fp16
+    assert a100_plan.activation_detail.head_weight_copy == 0  # bf16 head, bf16 compute
+    assert t4_plan.verdict(T4).fits  # still the free Colab GPU the capstone is written for
+
+
 def test_activations_grow_with_tokens_and_shrink_with_checkpointing():
     plan = plan_memory("qwen2.5-7b", "qlora", batch=2, seq_len=512)
     assert plan.replan(seq_len=1024).activations > 1.9 * plan.activations

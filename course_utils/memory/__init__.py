@@ -16,7 +16,9 @@ training step needs on the device, from the model's config alone:
 | adapters        | LoRA A (r x k) and B (d x r) per targeted matrix: r (d + k) fp32 params |
 | gradients       | one gradient per trainable parameter, in that parameter's dtype         |
 | optimizer       | AdamW: 2 states; fp32 = 8 bytes/param, 8-bit = 2 bytes/param + scales   |
-| activations     | what autograd keeps for the backward pass, plus the loss's peak         |
+| activations     | what autograd keeps for the backward pass, plus the loss's peak; under  |
+|                 | 16-bit autocast also the 16-bit copies of fp32 weights it saves: of     |
+|                 | the trained weights, and of a frozen fp32 lm_head (listed on its own)   |
 | overhead        | the CUDA context and kernels (0 on the CPU)                             |
 
 Everything is counted from the shapes of the real modules: the config is

@@ -263,20 +263,22 @@ class ActivationEstimate:
     loss_peak: int  # logits plus the loss's backward buffers, live at the start of backward
     recompute_peak: int  # checkpointing: one layer recomputed in backward (0 without)
     weight_casts: int  # autocast's 16-bit copies of fp32 trainable weights
+    head_weight_copy: int  # autocast's 16-bit copy of a frozen lm_head kept in another dtype (fp32 on a T4)
 
     @property
     def saved(self) -> int:
-        """What autograd holds at the end of the forward pass (without the logits)."""
+        """What autograd holds at the end of the forward pass (without the logits and weight copies)."""
         return self.layers + self.head
 
     @property
     def total(self) -> int:
-        return self.saved + self.weight_casts + max(self.loss_peak, self.recompute_peak)
+        return self.saved + self.weight_casts + self.head_weight_copy + max(self.loss_peak, self.recompute_peak)
 
 
 def estimate_activations(layout: ModelLayout, targets: tuple[LinearShape, ...], *, method: str, rank: int,
                          batch: int, seq_len: int, gradient_checkpointing: bool, compute_dtype: torch.dtype,
-                         residual_dtype: torch.dtype, fp32_trainable_params: int) -> ActivationEstimate:
+                         residual_dtype: torch.dtype, fp32_trainable_params: int,
+                         head_weight_dtype: torch.dtype) -> ActivationEstimate:
     """Activation memory of one training step of a Llama-style decoder.
 
     Per token and per decoder layer, with b the compute dtype's bytes, autograd saves:
@@ -304,6 +306,16 @@ def estimate_activations(layout: ModelLayout, targets: tuple[LinearShape, ...], 
     targeted module and token.
     Under 16-bit compute autocast also keeps a 16-bit copy of each fp32 weight that
     trains (the adapters; every weight in full FT) until backward.
+    The lm_head (or, when tied, the embedding matrix it shares) is frozen in LoRA and QLoRA.
+    When it is kept in another dtype than the 16-bit compute dtype (fp32, as
+    `prepare_model_for_kbit_training` and the course's `prepare_for_training` leave it on
+    an fp16 GPU), autocast casts it to the compute dtype in every forward pass; autocast
+    caches casts only of weights that require grad, so this copy is not shared, and the
+    matmul saves it to compute the gradient of its input (the hidden states, which carry
+    the adapters' gradients): vocab x hidden x b bytes, alive from the forward pass until
+    the head's backward, so through the loss peak (1.02 GiB for Qwen2.5-7B in fp16).
+    Checkpointing does not help: the head is outside the checkpointed layers. In full FT
+    the head trains and its copy is already among the weight casts.
     Not counted: dropout masks (LoRA dropout adds about in_features x (b + 1) bytes per
     targeted module and token), eager attention's batch x heads x seq^2 scores,
     allocator fragmentation. The total adds the larger of the loss peak and the
@@ -348,7 +360,9 @@ def estimate_activations(layout: ModelLayout, targets: tuple[LinearShape, ...], 
         head += tokens * (2 * b * h + 8)
     loss_peak = tokens * (b + 8) * layout.vocab_size
     weight_casts = b * fp32_trainable_params if b < 4 else 0
-    return ActivationEstimate(per_layer, layers, head, loss_peak, recompute, weight_casts)
+    head_weight_copy = (b * layout.vocab_size * layout.hidden_size
+                        if method != "full" and b < 4 and head_weight_dtype != compute_dtype else 0)
+    return ActivationEstimate(per_layer, layers, head, loss_peak, recompute, weight_casts, head_weight_copy)
 
 
 def _first_layer_linears(layout: ModelLayout) -> list[LinearShape]:

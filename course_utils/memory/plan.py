@@ -74,6 +74,7 @@ PART_LABELS = {
     "activations": "activations",
     "overhead": "CUDA context (overhead)",
 }
+HEAD_COPY_LABEL = "lm_head 16-bit copy"  # autocast's, inside activations; see estimate_activations
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,9 @@ class MemoryPlan:
         for name, value in self.parts.items():
             share = 100 * value / self.total if self.total else 0.0
             lines.append(f"  {PART_LABELS[name]:<{width}} {value / GIB:9.3f} GiB  {share:5.1f}%")
+            head_copy = self.activation_detail.head_weight_copy
+            if name == "activations" and head_copy:  # on its own line: part of what an fp32 head costs on a T4
+                lines.append(f"  {'  incl. ' + HEAD_COPY_LABEL:<{width}} {head_copy / GIB:9.3f} GiB")
         lines.append(f"  {'total':<{width}} {self.total / GIB:9.3f} GiB")
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
@@ -198,7 +202,9 @@ def plan_memory(
         (mixed precision keeps fp32 master weights), else the compute dtype.
     unquantized_dtype: dtype of embeddings, lm_head, norms and biases; default
         the weight dtype. `peft.prepare_model_for_kbit_training` upcasts them to
-        fp32: pass torch.float32 to plan for that.
+        fp32: pass torch.float32 to plan for that. Under 16-bit compute an lm_head
+        in another dtype also costs autocast's 16-bit copy of it, saved for backward
+        (in `activations`; see `estimate_activations`).
     device: "cuda" or "cpu" (decides the CUDA-context overhead); default from `profile`, else "cuda".
     """
     settings = _check_settings(method, rank, batch, seq_len, gradient_checkpointing, optimizer, quantization,
@@ -247,7 +253,8 @@ def plan_memory(
                                 batch=settings.batch, seq_len=settings.seq_len,
                                 gradient_checkpointing=settings.gradient_checkpointing,
                                 compute_dtype=settings.compute_dtype, residual_dtype=residual_dtype,
-                                fp32_trainable_params=fp32_trainable)
+                                fp32_trainable_params=fp32_trainable,
+                                head_weight_dtype=settings.unquantized_dtype)
     notes = []
     max_positions = getattr(config, "max_position_embeddings", None)
     if max_positions and settings.seq_len > max_positions:
