@@ -57,9 +57,12 @@ site: setup
 	HF_HUB_OFFLINE=1 $(PY) tools/build_site.py --execute-missing
 
 # On a CUDA machine: every notebook on the GPU, then the 7B capstone's memory as a T4 and an A100
-# (tools/gpu_check.py; report in build/gpu-check/, numbers for docs/measurements.md).
-gpu-check: setup
-	HF_HUB_OFFLINE=1 $(PY) tools/gpu_check.py
+# (tools/gpu_check.py; report in build/gpu-check/, numbers for docs/measurements.md). It runs with the
+# machine's own Python and CUDA torch (GPU_PYTHON), offline: no venv, no install (`setup` would put the
+# CPU torch in a venv); a package it lacks is named in the report.
+GPU_PYTHON ?= python3
+gpu-check:
+	HF_HUB_OFFLINE=1 $(GPU_PYTHON) tools/gpu_check.py
 
 # Rebuild notebooks/solutions/ from the lessons, keeping the solved exercise cells.
 solutions: setup

@@ -162,13 +162,15 @@ def imitated_profile(imitate: str):
     """The profile a run pretends to have: a T4 is fp16 compute in 14.74 GiB, an A100 40GB bf16 in 39.39 GiB.
 
     Memory is capped with `torch.cuda.set_per_process_memory_fraction`, so an
-    allocation beyond the imitated card fails as it would there; speed is the
-    real GPU's, not the imitated one's.
+    allocation beyond the imitated card fails as it would there: the card's
+    memory less its CUDA context (the planner's estimate), which a real card
+    loses before PyTorch's allocator gets any. Speed is the real GPU's, not the
+    imitated one's.
     """
     from dataclasses import replace
 
-    from course_utils.hardware import detect
-    from course_utils.memory import A100_40GB, T4
+    from course_utils.hardware import GIB, detect
+    from course_utils.memory import A100_40GB, CUDA_CONTEXT_BYTES, T4
 
     real = detect()
     if imitate == "native":
@@ -176,7 +178,7 @@ def imitated_profile(imitate: str):
     card = T4 if imitate == "t4" else A100_40GB
     if card.memory_gib > real.memory_gib:
         raise SystemExit(f"cannot imitate {card.name}: this GPU has only {real.memory_gib:.1f} GiB")
-    torch.cuda.set_per_process_memory_fraction(card.memory_gib / real.memory_gib)
+    torch.cuda.set_per_process_memory_fraction((card.memory_gib - CUDA_CONTEXT_BYTES / GIB) / real.memory_gib)
     return replace(real, name=f"{real.name} imitating {card.name}", memory_gib=card.memory_gib,
                    native_bf16=card.native_bf16)
 
@@ -254,13 +256,17 @@ def main(argv: list[str] | None = None) -> int:
     allocated, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
     timed = seconds[1:]
     tokens_per_step = args.batch * args.seq_len * args.grad_accum
-    predicted = plan.total - plan.overhead  # PyTorch's counters do not see the CUDA context
+    # PyTorch's counters see neither the CUDA context nor the paged optimizer's state (bitsandbytes keeps it in
+    # unified memory, which the driver may move to CPU RAM): the plan without both is what they can measure.
+    paged_state = plan.parts["optimizer"] if "paged" in plan.settings.optimizer else 0
+    predicted = plan.total - plan.overhead - paged_state
     result = {
         "device": torch.cuda.get_device_name(0), "imitate": args.imitate, "profile": profile.name,
         "compute_dtype": str(profile.compute_dtype), "model": args.model, "rank": args.rank, "batch": args.batch,
         "seq_len": args.seq_len, "grad_accum": args.grad_accum, "timed_steps": len(timed),
         "peak_allocated_gib": allocated / GIB, "peak_reserved_gib": reserved / GIB,
         "plan_total_gib": plan.total / GIB, "plan_without_context_gib": predicted / GIB,
+        "plan_paged_optimizer_gib": paged_state / GIB,
         "model_and_adapters_gib": loaded / GIB, "plan_static_gib": plan.static / GIB,
         "seconds_per_step": sum(timed) / len(timed), "tokens_per_second": tokens_per_step * len(timed) / sum(timed),
         "losses": losses, "build_seconds": built, "versions": versions(),
@@ -270,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"steps: {len(timed)} timed of {tokens_per_step} tokens, {result['seconds_per_step']:.2f} s/step, "
           f"{result['tokens_per_second']:.0f} tokens/s; losses {[round(x, 3) for x in losses]}")
     print(f"peak allocated {allocated / GIB:.3f} GiB, peak reserved {reserved / GIB:.3f} GiB, "
-          f"plan without CUDA context {predicted / GIB:.3f} GiB "
+          f"plan without CUDA context and paged optimizer state {predicted / GIB:.3f} GiB "
           f"(allocated/plan = {allocated / predicted:.2f}, reserved/plan = {reserved / predicted:.2f})")
     print(f"plan with CUDA context {plan.total / GIB:.3f} GiB vs device {profile.memory_gib:.2f} GiB")
     if args.json:

@@ -100,12 +100,14 @@ def load_base_for(settings: AdapterSettings, profile: HardwareProfile | None = N
                       double_quant=settings.double_quant, profile=profile)
 
 
-def adapter_dir(settings: AdapterSettings) -> Path:
-    """The cache folder of an adapter: named by its settings and the training data it saw."""
+def adapter_dir(settings: AdapterSettings, profile: HardwareProfile | None = None) -> Path:
+    """The cache folder of an adapter: named by its settings, the training data it saw and, on a GPU, the
+    device and compute dtype it trained in (`HardwareProfile.result_key`)."""
     from .data import data_path
 
     train_file = data_path(settings.task, "train")
-    key = settings_key(asdict(settings) | {"train_data": hashlib.sha256(train_file.read_bytes()).hexdigest()})
+    key = settings_key(asdict(settings) | {"train_data": hashlib.sha256(train_file.read_bytes()).hexdigest()}
+                       | (profile or detect()).result_key())
     return cache_dir("adapters") / f"{settings.task}-r{settings.r}-{key}"
 
 
@@ -125,12 +127,13 @@ def train_lora_adapter(settings: AdapterSettings, profile: HardwareProfile | Non
     validation answer loss at a few points, time, tokens/s). An interrupted
     training resumes from its checkpoint; a finished one is reused unless `force=True`.
     """
-    folder = adapter_dir(settings)
+    profile = profile or detect()
+    folder = adapter_dir(settings, profile)
     with exclusive(folder):
         if force and folder.exists():
             shutil.rmtree(folder)
         if not (folder / "adapter_model.safetensors").exists():
-            _train_adapter_into(folder, settings, profile or detect())
+            _train_adapter_into(folder, settings, profile)
     return folder
 
 
@@ -305,7 +308,7 @@ def base_report(task: str = "sql", split: str = "test", n: int | None = None,
 
     profile = profile or detect()
     examples = split_examples(task, split, n)
-    key = settings_key({"examples": examples, "model": TINY_MODEL_ID, "device": profile.kind})
+    key = settings_key({"examples": examples, "model": TINY_MODEL_ID, "device": profile.kind} | profile.result_key())
     rows = computed_once(cache_dir("base") / f"report-{task}-{split}-{n or 'all'}-{key}.json", lambda: [
         asdict(r) for r in evaluate_model(load_model(profile=profile), load_tokenizer(), examples).results])
     return EvalReport([ScoredExample(**row) for row in rows])
@@ -330,7 +333,7 @@ def base_example_losses(task: str = "sql", split: str = "validation", n: int | N
     n = profile.pick(cpu=n, gpu=None if whole_split_on_gpu else n)
     examples = split_examples(task, split, n)
     key = settings_key({"examples": examples, "model": TINY_MODEL_ID, "device": profile.kind,
-                        "quantization": quantization, "double_quant": double_quant})
+                        "quantization": quantization, "double_quant": double_quant} | profile.result_key())
     sums, counts = computed_once(cache_dir("base") / f"losses-{task}-{split}-{n or 'all'}-{key}.json", lambda: [
         list(values) for values in answer_token_losses(load_format(quantization, double_quant, profile),
                                                        load_tokenizer(), examples)])

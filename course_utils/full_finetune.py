@@ -76,12 +76,14 @@ def mark_full_finetune_trainable(model: torch.nn.Module, targets: Sequence[str])
     return trainable
 
 
-def full_finetune_dir(settings: dict) -> Path:
-    """The cache folder of a full fine-tune: named by its settings and the training data it saw."""
+def full_finetune_dir(settings: dict, profile: HardwareProfile | None = None) -> Path:
+    """The cache folder of a full fine-tune: named by its settings, the training data it saw and, on a GPU,
+    the device and compute dtype it trained in (`HardwareProfile.result_key`)."""
     from .data import data_path
 
     train_file = data_path(settings["task"], "train")
-    key = settings_key(settings | {"train_data": hashlib.sha256(train_file.read_bytes()).hexdigest()})
+    key = settings_key(settings | {"train_data": hashlib.sha256(train_file.read_bytes()).hexdigest()}
+                       | (profile or detect()).result_key())
     return cache_dir("full_finetune") / f"{settings['task']}-{key}"
 
 
@@ -95,13 +97,14 @@ def train_full_finetune(settings: dict, profile: HardwareProfile | None = None, 
     "settings" and "config". A finished run is reused unless `force=True`; two
     notebooks asking at once train it once (the second waits for the first).
     """
-    folder = full_finetune_dir(settings)
+    profile = profile or detect()
+    folder = full_finetune_dir(settings, profile)
     with exclusive(folder):
         if force and folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / FULL_FINETUNE_FILE).exists():
-            _train_full_finetune_into(folder, settings, profile or detect())
+            _train_full_finetune_into(folder, settings, profile)
     return folder
 
 

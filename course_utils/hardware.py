@@ -52,6 +52,18 @@ class HardwareProfile:
         """True where lessons should use their small, CI-sized settings."""
         return not self.is_gpu or os.environ.get("COURSE_QUICK") == "1"
 
+    def result_key(self) -> dict[str, str]:
+        """What a cached result computed here must be keyed by, besides its settings.
+
+        A GPU trains in fp16 or bf16 and a CPU in fp32, so their adapters and scores
+        differ: a GPU's results are keyed by device and compute dtype, and
+        `make gpu-check` never reads a CPU-trained adapter as its own. A CPU's key
+        is empty, so the caches CPU runs have already filled stay valid.
+        """
+        if self.kind == "cpu":
+            return {}
+        return {"device": self.kind, "compute_dtype": str(self.compute_dtype).removeprefix("torch.")}
+
     def pick(self, *, cpu: T, gpu: T) -> T:
         """Choose a setting by hardware: `steps = profile.pick(cpu=40, gpu=400)`."""
         return cpu if self.quick else gpu
@@ -206,9 +218,17 @@ def lesson_plan(profile: HardwareProfile) -> list[tuple[str, str]]:
     size = "full (GPU) sizes" if not profile.quick else "quick sizes (fewer steps and examples)"
     bnb_ok, _ = bitsandbytes_status()
     four_bit = f"NF4 + double quantization, compute in {dtype}" if bnb_ok else "unavailable: install bitsandbytes"
-    big_enough = profile.is_gpu and profile.memory_gib >= 14
-    capstone = ("Qwen2.5-7B-Instruct in NF4 (if the memory plan fits)" if big_enough
-                else "the tiny SmolLM2-135M model with the same code (7B needs a >= 15 GB GPU)")
+    if profile.is_gpu:  # the capstone's own decision (lesson 10): does its recipe's memory plan fit this GPU?
+        from .capstone import QLoRARecipe
+
+        recipe = QLoRARecipe()
+        plan = recipe.plan(profile)
+        need = f"{plan.total / GIB:.1f} GiB planned of {profile.memory_gib:.1f}"
+        capstone = (f"{recipe.model_id.split('/')[-1]} in NF4 + DQ ({need})" if plan.verdict(profile).fits else
+                    f"the tiny SmolLM2-135M model with the same code (the 7B recipe: {need}; lesson 10 says "
+                    "what would make it fit)")
+    else:
+        capstone = "the tiny SmolLM2-135M model with the same code (the 7B needs a CUDA GPU its memory plan fits)"
     return [
         ("01-03 rank, SVD, LoRA from scratch", f"{profile.kind}, {size}"),
         ("04-05 LoRA with PEFT, experiments", f"SmolLM2-135M, LoRA in {dtype}, {size}"),

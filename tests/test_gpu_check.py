@@ -68,3 +68,33 @@ def test_without_cuda_it_stops_and_says_so(capsys):
         pytest.skip("this machine has a GPU")
     assert gpu_check.main(["--skip-notebooks"]) == 1
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_memory_runs_outside_ten_percent_of_the_plan_fail_and_skipped_imitations_do_not():
+    ok = {"profile": "T4", "compute_dtype": "torch.float16", "peak_allocated_gib": 10.5, "peak_reserved_gib": 11.0,
+          "plan_without_context_gib": 10.0, "seconds_per_step": 4.0, "tokens_per_second": 1024.0}
+    assert gpu_check.memory_verdict(ok) is None
+    over = ok | {"peak_allocated_gib": 11.2}
+    assert "1.12 x the plan" in gpu_check.memory_verdict(over)
+    under = ok | {"peak_allocated_gib": 8.9}
+    assert "outside" in gpu_check.memory_verdict(under)
+    skipped = gpu_check.measure_memory("a100", Path("unused"), {}, device_gib=22.5)
+    assert gpu_check.memory_verdict(skipped) is None and "22.5 GiB" in skipped["skipped"]
+    report = {"date": "d", "command": "c", "runner": "script", "sizes": "gpu",
+              "environment": {"device": "NVIDIA L4", "memory_gib": 22.5}, "notebooks": [],
+              "memory": [over, skipped]}
+    text = gpu_check.render_markdown(report)
+    assert "| 1.12 FAILED: measured peak 11.20 GiB" in text and "| a100 | skipped: this GPU has 22.5 GiB" in text
+
+
+def test_a_missing_package_is_named_in_the_report_and_nothing_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(gpu_check, "REQUIRED_MODULES", ("torch", "no_such_module_for_the_course"))
+    assert gpu_check.missing_modules(gpu_check.REQUIRED_MODULES) == ["no_such_module_for_the_course"]
+    assert gpu_check.main(["--out", str(tmp_path)]) == 1
+    assert "no_such_module_for_the_course" in capsys.readouterr().err
+    assert "pip install no_such_module_for_the_course" in (tmp_path / "report.md").read_text()
+    assert json.loads((tmp_path / "report.json").read_text())["missing"] == ["no_such_module_for_the_course"]
+
+
+def test_the_installed_course_lacks_nothing_gpu_check_needs():
+    assert gpu_check.missing_modules() == []

@@ -47,3 +47,22 @@ def test_detect_on_this_machine_matches_torch():
     if not torch.cuda.is_available():
         assert profile.compute_dtype == torch.float32
     assert profile.memory_gib > 0
+
+
+def test_lesson_plan_promises_the_7b_exactly_where_the_capstone_plan_fits():
+    """Lesson 00's plan follows lesson 10's decision (the recipe's memory plan), not a fixed memory size."""
+    from course_utils.capstone import QLoRARecipe
+    from course_utils.hardware import HardwareProfile, lesson_plan
+
+    cards = {"T4": HardwareProfile(kind="cuda", name="Tesla T4", memory_gib=14.74, compute_capability=(7, 5)),
+             "12 GB Ampere": HardwareProfile(kind="cuda", name="RTX 3060", memory_gib=11.76,
+                                             compute_capability=(8, 6), native_bf16=True),
+             "8 GB Turing": HardwareProfile(kind="cuda", name="RTX 2070", memory_gib=7.79, compute_capability=(7, 5)),
+             "CPU": HardwareProfile(kind="cpu", name="a CPU", memory_gib=24.0)}
+    for name, card in cards.items():
+        capstone = dict(lesson_plan(card))["10 capstone"]
+        fits = card.is_gpu and QLoRARecipe().plan(card).verdict(card).fits
+        assert capstone.startswith("Qwen2.5-7B-Instruct in NF4") == fits, (name, capstone)
+        assert capstone.startswith("the tiny SmolLM2-135M") == (not fits), (name, capstone)
+    assert dict(lesson_plan(cards["12 GB Ampere"]))["10 capstone"].startswith("Qwen2.5-7B")  # under 14 GiB, bf16: fits
+    assert dict(lesson_plan(cards["8 GB Turing"]))["10 capstone"].startswith("the tiny")

@@ -56,3 +56,23 @@ def test_every_lesson_opens_with_a_badge_and_the_colab_install_cell():
         cells = json.loads(path.read_text())["cells"]
         assert f"blob/main/notebooks/{path.name}" in "".join(cells[0]["source"]), f"{path.name}: badge"
         assert any('"google.colab" in sys.modules' in "".join(c["source"]) for c in cells[:3]), path.name
+
+
+TRAINS = ("seed_runs(", "train_lora_adapter(", "train_with_trainer(", "train_full_finetune(",
+          "full_finetune_example_losses(", "adapter_report(", "adapter_example_losses(")
+
+
+def test_lessons_that_train_open_on_a_colab_gpu_runtime_and_the_others_on_a_cpu():
+    """Colab reads `accelerator` from the notebook: without it the badge opens a CPU runtime and the capstone
+    falls back to the tiny model; a lesson that trains nothing need not take a GPU from a learner's quota."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from clean_notebooks import COLAB_GPU
+
+    for path in sorted((ROOT / "notebooks").rglob("[0-9][0-9]_*.ipynb")):
+        notebook = json.loads(path.read_text())
+        code = "".join("".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code")
+        trains = any(call in code for call in TRAINS)
+        metadata = notebook["metadata"]
+        assert (metadata.get("accelerator") == "GPU") == trains, path.name
+        if trains:
+            assert metadata["colab"]["gpuType"] == COLAB_GPU["colab"]["gpuType"], path.name

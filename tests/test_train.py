@@ -385,3 +385,24 @@ def test_seed_runs_trains_the_seeds_asked_for_in_order_and_prints_each(monkeypat
         adapters_module.seed_runs("arm", profile, seeds=[7])
     with pytest.raises(ValueError, match="part of SEEDS"):
         adapters_module.seed_runs("arm", profile, seeds=[])
+
+
+def test_gpu_results_are_cached_apart_from_cpu_results_and_from_each_other(tmp_path, monkeypatch):
+    """A T4 (fp16) and an A100 (bf16) train other adapters than a CPU (fp32): `make gpu-check` must not read
+    a CPU-trained adapter, base score or full fine-tune as its own; a CPU keeps its existing cache keys."""
+    from course_utils.full_finetune import full_finetune_dir, full_finetune_settings
+    from course_utils.hardware import HardwareProfile
+
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    cpu = HardwareProfile(kind="cpu", name="a CPU", memory_gib=24.0)
+    t4 = HardwareProfile(kind="cuda", name="Tesla T4", memory_gib=14.7, compute_capability=(7, 5))
+    a100 = HardwareProfile(kind="cuda", name="A100", memory_gib=39.4, compute_capability=(8, 0), native_bf16=True)
+    assert cpu.result_key() == {}
+    assert t4.result_key() == {"device": "cuda", "compute_dtype": "float16"}
+    assert a100.result_key()["compute_dtype"] == "bfloat16"
+    settings = AdapterSettings(r=1, targets="qv", steps=2, batch_size=2)
+    folders = {p.name: adapter_dir(settings, p) for p in (cpu, t4, a100)}
+    assert len(set(folders.values())) == 3
+    assert folders["a CPU"] == adapter_dir(settings, cpu)  # stable
+    full = full_finetune_settings(cpu, steps=2, batch_size=2)
+    assert len({full_finetune_dir(full, p) for p in (cpu, t4, a100)}) == 3

@@ -15,12 +15,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNEL = {"display_name": "Python 3", "language": "python", "name": "python3"}
+# Colab reads these: a notebook that trains opens on a GPU runtime (T4) from its badge.
+COLAB_GPU = {"accelerator": "GPU", "colab": {"gpuType": "T4", "provenance": []}}
 
 
 def clean(path: Path) -> bool:
     original = path.read_text()
     notebook = json.loads(original)
-    notebook["metadata"] = {"kernelspec": KERNEL, "language_info": {"name": "python"}}
+    gpu = notebook.get("metadata", {}).get("accelerator") == "GPU"
+    notebook["metadata"] = {"kernelspec": KERNEL, "language_info": {"name": "python"}} | (COLAB_GPU if gpu else {})
     for cell in notebook["cells"]:
         if cell["cell_type"] == "code":
             cell["outputs"], cell["execution_count"] = [], None

@@ -2,13 +2,21 @@
 
     python tools/gpu_check.py                   # every lesson and solution, then the 7B memory check
     python tools/gpu_check.py --only 04 09      # some notebooks (by number), then the 7B check
+    python tools/gpu_check.py --sizes quick     # the notebooks with CPU-sized settings (fast)
     python tools/gpu_check.py --skip-notebooks  # only the 7B memory check
     python tools/gpu_check.py --skip-7b         # only the notebooks
     make gpu-check
 
-1. Every lesson and solution runs top to bottom on the GPU with quick sizes
-   (COURSE_QUICK=1: the tiny model, CPU-sized step counts), each in a fresh
-   Python process. With a Jupyter kernel installed (nbclient + ipykernel) the
+It runs with the Python, torch and packages already on the machine (no venv, no
+install, offline): a package the course needs that is missing is named in the
+report, and nothing runs.
+
+1. Every lesson and solution runs top to bottom on the GPU, each in a fresh
+   Python process, with the sizes a learner's GPU gets (the `gpu=` side of
+   `profile.pick`; `--sizes quick` sets COURSE_QUICK=1 for the CPU-sized ones).
+   The course cache is the check's own (`--cache`, default
+   build/gpu-check/cache), so nothing a CPU computed is read as the GPU's; the
+   cached adapters are keyed by device and compute dtype as well. With a Jupyter kernel installed (nbclient + ipykernel) the
    notebooks are executed as notebooks; without one (`--runner script`, the
    default where they are missing) the code cells run in order in one
    namespace, as a kernel runs them, with `display` and a non-interactive
@@ -16,8 +24,12 @@
 2. The capstone's memory: `benchmarks/qlora_7b_gpu.py` builds Qwen2.5-7B from
    its shipped config with random weights in NF4 + double quantization, adds
    LoRA r=16 on all linear layers and trains a few steps with the capstone's
-   settings and training path, once imitating a T4 (fp16 compute, memory capped
-   at 14.74 GiB) and once an A100 40GB (bf16).
+   settings and training path, once imitating a T4 (fp16 compute, the allocator
+   capped at 14.74 GiB less the CUDA context) and once an A100 40GB (bf16). An
+   imitation of a card larger than this GPU is skipped, with its reason (a T4,
+   L4 or RTX 4090 cannot imitate an A100): not a failure. The measured peak must
+   be within ±10% of the plan (without the CUDA context, and without the paged
+   optimizer's state, which lives in unified memory PyTorch does not count).
 3. One report, `build/gpu-check/report.json` and `report.md`: per notebook
    pass/fail and seconds (with the failing cell and error), peak memory
    allocated and reserved against the planner's prediction, tokens per second,
@@ -45,6 +57,32 @@ BENCHMARK = ROOT / "benchmarks" / "qlora_7b_gpu.py"
 NO_CUDA_MESSAGE = ("tools/gpu_check.py needs a CUDA GPU; none is visible here, so nothing was checked. "
                    "Run it on a GPU machine (a Colab T4 or A100 runtime works).")
 MEMORY_RUNS = (("t4", "T4 imitation: fp16 compute, 14.74 GiB cap"), ("a100", "A100 40GB imitation: bf16, 39.39 GiB cap"))
+IMITATED_GIB = {"t4": 14.74, "a100": 39.39}  # what PyTorch reports for a "16 GB" T4 and a "40 GB" A100
+PLAN_TOLERANCE = 0.10  # measured peak vs plan: within ±10%
+# What the notebooks and course_utils import (module names): pyproject.toml's dependencies but `datasets`,
+# which only `course_utils.data.load_dataset_examples` imports (lesson 00 lists it as missing).
+REQUIRED_MODULES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "safetensors", "gguf",
+                    "matplotlib", "pandas", "numpy", "tqdm")
+
+
+def missing_modules(names: tuple[str, ...] | None = None) -> list[str]:
+    """The modules of `names` (default REQUIRED_MODULES) this Python cannot import (found by name, none imported)."""
+    from importlib.util import find_spec
+
+    return [name for name in (REQUIRED_MODULES if names is None else names) if find_spec(name) is None]
+
+
+def memory_verdict(row: dict) -> str | None:
+    """Why a memory run failed, or None: an error, or a measured peak outside ±10% of the plan."""
+    if "skipped" in row:
+        return None
+    if "error" in row:
+        return row["error"].strip().splitlines()[-1][:160] if row["error"].strip() else "failed"
+    ratio = row["peak_allocated_gib"] / row["plan_without_context_gib"]
+    if abs(ratio - 1) > PLAN_TOLERANCE:
+        return (f"measured peak {row['peak_allocated_gib']:.2f} GiB is {ratio:.2f} x the plan's "
+                f"{row['plan_without_context_gib']:.2f} GiB (outside ±{PLAN_TOLERANCE:.0%})")
+    return None
 
 
 @dataclass
@@ -135,8 +173,11 @@ def run_notebook(path: Path, runner: str, timeout: int, env: dict[str, str]) -> 
     return NotebookRun(name, False, seconds, outcome.get("cell"), error)
 
 
-def measure_memory(imitate: str, out: Path, env: dict[str, str]) -> dict:
-    """The 7B capstone step under one imitated card; the benchmark's JSON, or the error."""
+def measure_memory(imitate: str, out: Path, env: dict[str, str], device_gib: float) -> dict:
+    """The 7B capstone step under one imitated card; the benchmark's JSON, the error, or why it was skipped."""
+    if device_gib < IMITATED_GIB[imitate]:
+        return {"imitate": imitate, "skipped": f"this GPU has {device_gib:.1f} GiB; imitating a {imitate.upper()} "
+                                               f"needs {IMITATED_GIB[imitate]:.2f}"}
     target = out / f"memory-{imitate}.json"
     command = [sys.executable, str(BENCHMARK), "--imitate", imitate, "--json", str(target)]
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
@@ -170,7 +211,8 @@ def render_markdown(report: dict) -> str:
     runs = [NotebookRun(**row) for row in report.get("notebooks", [])]
     if runs:
         passed = sum(r.passed for r in runs)
-        lines += [f"## Notebooks ({report['runner']} runner, quick sizes): {passed} of {len(runs)} passed, "
+        sizes = "quick sizes" if report.get("sizes") == "quick" else "GPU sizes"
+        lines += [f"## Notebooks ({report['runner']} runner, {sizes}): {passed} of {len(runs)} passed, "
                   f"{sum(r.seconds for r in runs):.0f} s in all", "",
                   "| notebook | result | seconds | failing cell: error |", "|---|---|---|---|"]
         for r in runs:
@@ -183,14 +225,18 @@ def render_markdown(report: dict) -> str:
                   "", "| run | compute | peak allocated GiB | peak reserved GiB | plan w/o CUDA context GiB "
                   "| allocated / plan | s/step | tokens/s |", "|---|---|---|---|---|---|---|---|"]
         for row in memory:
-            if "error" in row:
-                lines.append(f"| {row['imitate']} | FAILED: {row['error'].strip().splitlines()[-1][:160]} |"
-                             " | | | | | |")
+            if "skipped" in row:
+                lines.append(f"| {row['imitate']} | skipped: {row['skipped']} | | | | | | |")
                 continue
+            if "error" in row:
+                lines.append(f"| {row['imitate']} | FAILED: {memory_verdict(row)} | | | | | | |")
+                continue
+            verdict = memory_verdict(row)
             lines.append(f"| {row['profile']} | {row['compute_dtype'].removeprefix('torch.')} | "
                          f"{row['peak_allocated_gib']:.2f} | {row['peak_reserved_gib']:.2f} | "
                          f"{row['plan_without_context_gib']:.2f} | "
-                         f"{row['peak_allocated_gib'] / row['plan_without_context_gib']:.2f} | "
+                         f"{row['peak_allocated_gib'] / row['plan_without_context_gib']:.2f}"
+                         f"{' FAILED: ' + verdict if verdict else ''} | "
                          f"{row['seconds_per_step']:.2f} | {row['tokens_per_second']:.0f} |")
         lines.append("")
     return "\n".join(lines)
@@ -203,8 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-7b", action="store_true")
     parser.add_argument("--runner", choices=("kernel", "script"), default=None,
                         help="default: kernel if nbclient and ipykernel are installed, else script")
-    parser.add_argument("--timeout", type=int, default=900, help="seconds per notebook")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per notebook")
+    parser.add_argument("--sizes", choices=("gpu", "quick"), default="gpu",
+                        help="gpu: what a learner's GPU runs (default); quick: CPU-sized settings (COURSE_QUICK=1)")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "gpu-check")
+    parser.add_argument("--cache", type=Path, help="the course cache for this check (default: OUT/cache)")
     parser.add_argument("--run-one", type=Path, help=argparse.SUPPRESS)  # internal: one notebook, this process
     args = parser.parse_args(argv)
     runner = args.runner or ("kernel" if kernel_available() else "script")
@@ -214,15 +263,31 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"cell": cell, "error": error}))
         return 0 if cell is None and not error else 1
 
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
+    missing = missing_modules()
+    if missing:
+        message = (f"{sys.executable} cannot import {', '.join(missing)}, which the course needs; nothing was "
+                   f"checked. Install them into this Python (keeping its CUDA torch): pip install {' '.join(missing)}")
+        print(message, file=sys.stderr)
+        (args.out / "report.md").write_text(f"# GPU check, {time.strftime('%Y-%m-%d %H:%M')}\n\n{message}\n")
+        (args.out / "report.json").write_text(json.dumps({"command": command, "missing": missing}, indent=1))
+        return 1
+
     import torch
 
     if not torch.cuda.is_available():
         print(NO_CUDA_MESSAGE, file=sys.stderr)
         return 1
-    args.out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, COURSE_QUICK="1", MPLBACKEND="Agg", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))
-    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-              "runner": runner, "environment": environment(), "notebooks": [], "memory": []}
+    cache = args.cache or args.out / "cache"
+    env = dict(os.environ, MPLBACKEND="Agg", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"),
+               COURSE_CACHE_DIR=str(cache.resolve()), PYTHONPATH=os.pathsep.join(
+                   [str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    env.pop("COURSE_QUICK", None)
+    if args.sizes == "quick":
+        env["COURSE_QUICK"] = "1"
+    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": command, "runner": runner, "sizes": args.sizes,
+              "cache": str(cache), "environment": environment(), "notebooks": [], "memory": []}
     if not args.skip_notebooks:
         for path in all_notebooks(args.only):
             run = run_notebook(path, runner, args.timeout, env)
@@ -231,11 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_7b:
         for imitate, label in MEMORY_RUNS:
             print(f"7B memory check: {label} ...", flush=True)
-            report["memory"].append(measure_memory(imitate, args.out, env))
+            report["memory"].append(measure_memory(imitate, args.out, env, report["environment"]["memory_gib"]))
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
     (args.out / "report.md").write_text(render_markdown(report))
     print(render_markdown(report))
-    failed = [r for r in report["notebooks"] if not r["passed"]] + [m for m in report["memory"] if "error" in m]
+    failed = [r for r in report["notebooks"] if not r["passed"]] + [m for m in report["memory"] if memory_verdict(m)]
     return 1 if failed else 0
 
 
