@@ -40,12 +40,16 @@ PARALLEL = -n $(JOBS) --dist loadfile
 # worker; 02, 10, 09, 04 and the short ones on the other (09 and 04 read runs 05 makes in its first minutes; a
 # notebook needing an adapter that another is training waits for its lock). The notebooks are named one by
 # one: given a folder, pytest (8+) collects its files in name order.
+# The CUDA rehearsal (tools/rehearse_gpu.py, docs/measurements.md §3): lessons 00-08 with their solutions again,
+# on an emulated T4 (their GPU branches, at quick sizes), queued after the runs, its lesson 08 first (3.6 minutes).
 RUNS = build/executed/runs/notebooks
+REHEARSAL = build/rehearsal/T4/notebooks
 ORDER = 05 02 11 10 09 04 08 03 07 06 00 01
 test: setup
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest tests $(PARALLEL) --durations=25 -m "not browser"
 	$(PY) tools/run_all.py --copy-only notebooks
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MPLBACKEND=module://matplotlib_inline.backend_inline $(PY) -m pytest $(PARALLEL) --nbmake --nbmake-timeout=3600 --durations=0 --overwrite $(foreach n,$(ORDER),$(RUNS)/$(n)_*.ipynb) $(RUNS)/*.ipynb \
+	$(PY) tools/rehearse_gpu.py --copy-only --gpu T4
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MPLBACKEND=module://matplotlib_inline.backend_inline $(PY) -m pytest $(PARALLEL) --nbmake --nbmake-timeout=3600 --durations=0 --overwrite $(foreach n,$(ORDER),$(RUNS)/$(n)_*.ipynb) $(RUNS)/*.ipynb $(REHEARSAL)/08_*.ipynb $(REHEARSAL)/*.ipynb \
 	  || { $(PY) tools/run_all.py --split; exit 1; }  # a failed run is split too, for its copies to inspect
 	$(PY) tools/run_all.py --split
 	$(PY) tools/build_site.py --require-executed

@@ -135,7 +135,9 @@ def start_run(out: Path, runner: str, *, fresh: bool) -> tuple[dict, str]:
 
 
 def repository_path(path: Path) -> str:
-    return path.resolve().relative_to(ROOT).as_posix()
+    """The notebook's path relative to the repository (an absolute path for one outside it, as in tests)."""
+    path = path.resolve()
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else path.as_posix().lstrip("/")
 
 
 def copy_path(path: Path, out: Path) -> tuple[str, Path]:
