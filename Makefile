@@ -40,8 +40,9 @@ PARALLEL = -n $(JOBS) --dist loadfile
 # worker; 02, 10, 09, 04 and the short ones on the other (09 and 04 read runs 05 makes in its first minutes; a
 # notebook needing an adapter that another is training waits for its lock). The notebooks are named one by
 # one: given a folder, pytest (8+) collects its files in name order.
-# The CUDA rehearsal (tools/rehearse_gpu.py, docs/measurements.md §3): lessons 00-08 with their solutions again,
-# on an emulated T4 (their GPU branches, at quick sizes), queued after the runs, its lesson 08 first (3.6 minutes).
+# The CUDA rehearsal (tools/rehearse_gpu.py, docs/measurements.md §3): lessons 00, 01, 03, 06, 07 and 08 with their
+# solutions again, on an emulated T4 (their GPU branches, at quick sizes), queued after the runs, lesson 08 first
+# (3.5 minutes of one AVX2 core).
 RUNS = build/executed/runs/notebooks
 REHEARSAL = build/rehearsal/T4/notebooks
 ORDER = 05 02 11 10 09 04 08 03 07 06 00 01

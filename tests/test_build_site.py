@@ -25,6 +25,7 @@ def test_pages_keep_the_lessons_bars_and_warnings_but_not_loading_bars_or_machin
         stream("stderr", f"{ROOT}/course_utils/train.py:12: UserWarning: a course warning\n"),
         stream("stderr", "\rgenerating:  50%|█████     | 1/2\rgenerating: 100%|██████████| 2/2 [01:13<00:00]\n"),
         stream("stdout", "Loading weights: 100%| is what this print says, on stdout\n"),
+        stream("stdout", f"run folder: {ROOT}/.ci-cache/course/capstone/x, or {Path.home()}/.cache/lora-course/y\n"),
         stream("stderr", "\rWriting model shards: 100%|██████████| 1/1 [00:00<00:00,  1.07it/s]\n"),
     ]
     shown = coalesce_streams(outputs)
@@ -35,3 +36,4 @@ def test_pages_keep_the_lessons_bars_and_warnings_but_not_loading_bars_or_machin
         "course_utils/train.py:12: UserWarning: a course warning\n"
         "generating: 100%|██████████| 2/2 [01:13<00:00]\n")
     assert shown[1].text.startswith("Loading weights: 100%| is what this print says")  # a print is kept
+    assert shown[1].text.endswith("run folder: .ci-cache/course/capstone/x, or ~/.cache/lora-course/y\n")

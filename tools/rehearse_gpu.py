@@ -8,10 +8,11 @@ CI has no GPU, so every `profile.is_gpu` branch is dead code there. A rehearsal
 run is a lesson with its solved exercises (as tools/run_all.py builds it) with
 one cell put first that makes the kernel a T4 (fp16, no bf16) or an A100 (bf16):
 `torch.cuda.is_available()` is true, `detect()` reports the GPU, the model goes
-to "cuda", and a tensor left on the CPU next to it, `.numpy()` on a GPU tensor
-or a tolerance calibrated in fp32 fails as it would on the card
-(tools/cuda_emulator.py says how, and what it cannot show: CUDA's kernels and
-their rounding, speed, memory, asynchronous execution). Every kernel underneath
+to "cuda", and a tensor left on the CPU next to it or `.numpy()` on a GPU tensor
+fails as it would on the card; the lesson computes in the card's 16-bit dtype,
+with the CPU kernels' rounding (tools/cuda_emulator.py says how, and what it
+cannot show: CUDA's kernels and their rounding, speed, memory, asynchronous
+execution). Every kernel underneath
 is the CPU's, so the rehearsal runs at quick sizes (COURSE_QUICK=1: the `gpu=`
 branches' code with the CPU's step counts) and in 16 bits, which is several
 times slower than fp32 on a CPU without AVX-512: CI rehearses the lessons whose
