@@ -17,8 +17,10 @@ for every seed, the same choice wins by more than twice that standard error;
 otherwise it says "no difference detected" and gives the numbers.
 
 `paired_accuracy` does the same for execution accuracy: only the questions two
-models disagree on carry information, and the standard error of the difference
-comes from those, not from one accuracy's binomial error.
+models disagree on carry information, and an exact test on those (McNemar's:
+each disagreement a fair coin if the models were equally accurate) says
+whether they lean one way beyond chance. "Not detected" is inconclusive: it
+never says the two are equally accurate.
 
 Both return objects whose `.sentence()` is what a notebook prints or puts in a
 plot title, so the text states what was measured, never what was hoped.
@@ -29,6 +31,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Sequence
+
+ALPHA = 0.05  # the level at which paired_accuracy calls a difference detected
 
 
 @dataclass(frozen=True)
@@ -160,25 +164,36 @@ class PairedAccuracy:
         return (self.only_a - self.only_b) / self.n
 
     @property
-    def standard_error(self) -> float:
-        """Of the paired difference: from the discordant share, corrected for the difference."""
-        discordant = (self.only_a + self.only_b) / self.n
-        return math.sqrt(max(discordant - self.difference ** 2, 0.0) / self.n)
+    def p_value(self) -> float:
+        """Exact McNemar test, two-sided: how often chance alone splits the disagreements this unevenly.
+
+        Questions both models get right (or both wrong) say nothing about which is
+        better; if the two were equally accurate, each question only one of them
+        gets right would be a fair coin's toss between them. So the p-value is
+        the binomial tail of the smaller count among `only_a + only_b` fair tosses,
+        doubled: exact however few the disagreements (a normal approximation
+        calls 4 against 0 a difference; the exact test gives p = 0.125).
+        """
+        disagreements = self.only_a + self.only_b
+        if disagreements == 0:
+            return 1.0
+        tail = sum(math.comb(disagreements, k) for k in range(min(self.only_a, self.only_b) + 1))
+        return min(1.0, 2 * tail / 2 ** disagreements)
 
     @property
     def detected(self) -> bool:
-        """|difference| beyond two standard errors (and at least one discordant question)."""
-        return self.only_a + self.only_b > 0 and abs(self.difference) > 2 * self.standard_error
+        """A difference at the 5% level of the exact McNemar test."""
+        return self.p_value < ALPHA
 
     def sentence(self) -> str:
         counts = (f"on {self.n} questions, {self.only_a} right only for {self.name_a}, {self.only_b} only for "
                   f"{self.name_b}")
+        test = f"exact McNemar test p = {self.p_value:.3g}"
         if self.detected:
             better = self.name_a if self.difference > 0 else self.name_b
-            return (f"{better} is more accurate by {abs(self.difference):.1%} (paired standard error "
-                    f"{self.standard_error:.1%}): {counts}")
-        return (f"no accuracy difference detected ({self.difference:+.1%}, paired standard error "
-                f"{self.standard_error:.1%}): {counts}")
+            return f"{better} is more accurate by {abs(self.difference):.1%} ({test}): {counts}"
+        return (f"no accuracy difference detected ({self.difference:+.1%}, {test}; inconclusive, not a sign "
+                f"of equal accuracy): {counts}")
 
 
 def paired_accuracy(name_a: str, report_a, name_b: str, report_b) -> PairedAccuracy:

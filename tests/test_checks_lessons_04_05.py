@@ -119,11 +119,12 @@ def test_rslora_experiment_judges_the_prediction_by_the_observation(rslora_run):
     assert check("no difference", MUCH_LOWER).status == WRONG
 
 
-def test_rslora_experiment_no_difference_within_noise(rslora_run):
+def test_rslora_experiment_not_detected_is_inconclusive_for_every_prediction(rslora_run):
     rslora_run(NOISY_SAME)
-    assert check("no difference", NOISY_SAME).correct
-    wrong = check("lower", NOISY_SAME)
-    assert wrong.status == WRONG and "did not move beyond its noise" in wrong.message
+    for prediction in ("no difference", "lower", "higher"):  # none is refuted, none confirmed
+        said = check(prediction, NOISY_SAME)
+        assert said.status != WRONG and said.message.startswith("inconclusive: ")
+        assert f"refutes your prediction ('{prediction}')" in said.message and "did not move beyond its noise" in said.message
 
 
 def test_rslora_experiment_checks_the_observation(rslora_run):

@@ -67,14 +67,29 @@ def test_paired_accuracy_uses_only_the_questions_the_models_disagree_on():
     p = paired_accuracy("adapter", a, "base", b)
     assert (p.both, p.only_a, p.only_b, p.neither) == (20, 10, 0, 10)
     assert p.difference == pytest.approx(0.25) and p.detected
-    assert p.sentence().startswith("adapter is more accurate by 25.0%")
+    assert p.p_value == pytest.approx(2 / 2 ** 10)  # 10 of 10 disagreements one way: both tails of a fair coin
+    assert p.sentence().startswith("adapter is more accurate by 25.0% (exact McNemar test p = 0.00195)")
 
 
 def test_paired_accuracy_small_disagreement_is_not_detected():
     a = report([True, False, True, False] * 10)
     b = report([False, True, True, False] * 10)  # 10 right only for each
     p = paired_accuracy("a", a, "b", b)
-    assert p.difference == 0 and not p.detected and p.sentence().startswith("no accuracy difference detected")
+    assert p.difference == 0 and p.p_value == 1.0 and not p.detected
+    assert p.sentence().startswith("no accuracy difference detected") and "inconclusive" in p.sentence()
+
+
+@pytest.mark.parametrize("only_a, only_b, p_value", [
+    (4, 0, 0.125),  # lesson 04 at 0e2787d: "more accurate by 6.2%" under the normal approximation
+    (5, 0, 0.0625), (6, 0, 0.03125), (8, 2, 0.109375), (9, 1, 0.021484375), (0, 0, 1.0), (3, 3, 1.0),
+])
+def test_paired_accuracy_p_value_is_the_exact_binomial_tail(only_a, only_b, p_value):
+    a = report([True] * only_a + [False] * only_b + [True, False] * 20)
+    b = report([False] * only_a + [True] * only_b + [True, False] * 20)
+    p = paired_accuracy("a", a, "b", b)
+    assert (p.only_a, p.only_b) == (only_a, only_b)
+    assert p.p_value == pytest.approx(p_value, rel=1e-12)
+    assert p.detected == (p_value < 0.05)
 
 
 def test_paired_accuracy_needs_the_same_questions():

@@ -169,7 +169,7 @@ def test_peft_and_trainer_fp16_on_a_t4(model_dir, tmp_path):
         rows = ids(8, 16)
         data = [{"input_ids": row, "labels": row} for row in rows]  # CPU rows: the Trainer moves them
         args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=2, fp16=True,
-                                 report_to=[], logging_steps=1, save_strategy="no")
+                                 report_to=[], logging_steps=1, save_strategy="steps", save_steps=3)
         trainer = Trainer(model=model, args=args, train_dataset=data)
         assert args.device.type == "cuda" and trainer.accelerator.device.type == "cuda"
         assert trainer.accelerator.mixed_precision == "fp16" and trainer.accelerator.scaler is not None
@@ -180,6 +180,8 @@ def test_peft_and_trainer_fp16_on_a_t4(model_dir, tmp_path):
         after = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
         assert any(not torch.equal(before[n], after[n]) for n in before)  # lora_B moved off zero
         assert all(p.device.type == "cuda" for p in model.parameters())
+        states = torch.load(tmp_path / "checkpoint-3" / "rng_state.pth", weights_only=False)
+        assert "cuda" in states  # the checkpoint saved the (emulated) CUDA generator, via torch.cuda.random
 
 
 def test_bitsandbytes_nf4_on_the_emulated_gpu(model_dir):
@@ -276,6 +278,14 @@ def test_results_land_where_cuda_puts_them():
         assert cpu[0].item() == 7 and not is_emulated(cpu)
         with pytest.raises(RuntimeError, match="same device"):
             cpu + gpu
+
+
+def test_a_0_dim_gpu_tensor_formats_like_a_number():
+    with emulated_cuda("T4"):
+        x = torch.tensor(0.00123).to("cuda")
+        assert is_emulated(x) and f"{x:.2e}" == "1.23e-03" and f"{x.max():.1f}" == "0.0"
+        with pytest.raises(TypeError):
+            f"{torch.ones(2).cuda():.1f}"  # as on CUDA: a tensor with dimensions has no number format
 
 
 def test_joins_generators_and_type_as_behave_as_on_cuda():

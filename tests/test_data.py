@@ -246,3 +246,38 @@ def test_datasets_loader_has_three_splits():
 def test_bad_column_spec_is_a_clear_error():
     with pytest.raises(ValueError, match="Bad column spec"):
         data.Column.parse("salary money 1..2")
+
+
+# --- a learner's own file (lesson 04's recipe): question/answer rows, checked before any model loads ---
+
+def _chat_file(tmp_path, *rows) -> "Path":
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
+    return path
+
+
+def test_chat_rows_read_with_and_without_system(tmp_path):
+    path = _chat_file(tmp_path, {"question": "q1", "answer": "a1"}, {"question": "q2", "answer": "a2", "system": "s"},
+                      {"question": "q3", "answer": "a3", "system": None, "id": 7})
+    assert [(r["question"], r.get("system")) for r in data.read_chat_rows(path)] == [("q1", None), ("q2", "s"), ("q3", None)]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"question": "q"}, "line 2: missing field 'answer'"),
+    ({"answer": "a"}, "line 2: missing field 'question'"),
+    ({"question": "q", "answer": "  "}, "line 2: field 'answer' is empty"),
+    ({"question": "", "answer": "a"}, "line 2: field 'question' is empty"),
+    ({"question": "q", "answer": 42}, "line 2: field 'answer' is a int, not a string"),
+    ({"question": "q", "answer": "a", "system": ["s"]}, "line 2: field 'system' is a list, not a string"),
+    ('{"question": "q", "answer": ', "line 2: not valid JSON"),
+])
+def test_a_bad_chat_row_names_file_line_and_the_format(tmp_path, bad, message):
+    path = _chat_file(tmp_path, {"question": "ok", "answer": "ok"}, bad)
+    with pytest.raises(ValueError, match=re.escape(f"{path}, {message}")) as error:
+        data.read_chat_rows(path)
+    assert "docs/your_data.md" in str(error.value) and "regenerate" not in str(error.value)
+
+
+def test_a_missing_chat_file_names_the_format(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist.*docs/your_data.md"):
+        data.read_chat_rows(tmp_path / "nowhere.jsonl")

@@ -76,3 +76,31 @@ def test_lessons_that_train_open_on_a_colab_gpu_runtime_and_the_others_on_a_cpu(
         assert (metadata.get("accelerator") == "GPU") == trains, path.name
         if trains:
             assert metadata["colab"]["gpuType"] == COLAB_GPU["colab"]["gpuType"], path.name
+
+
+def _section(lesson: str, heading: str) -> list[str]:
+    """The code cells of one section of a lesson: from its heading to the next '## ' heading."""
+    cells = json.loads((ROOT / "notebooks" / lesson).read_text())["cells"]
+    start = next(i for i, c in enumerate(cells) if "".join(c["source"]).startswith(heading))
+    end = next(i for i in range(start + 1, len(cells)) if "".join(cells[i]["source"]).startswith("## "))
+    return ["".join(c["source"]) for c in cells[start:end] if c["cell_type"] == "code"]
+
+
+def test_the_take_home_recipe_writes_every_call_out_and_leans_on_the_course_only_where_marked():
+    """Lesson 04's recipe is the code a learner copies: the library calls appear in full, and course_utils only
+    names the offline model, the course's instruction text and a file check (each import on a marked line)."""
+    recipe = _section("04_lora_with_peft.ipynb", "## 3. The recipe to take home")
+    text = "\n".join(recipe)
+    for call in ("load_dataset(", "apply_chat_template(", "DataCollatorForSeq2Seq(", "LoraConfig(", "get_peft_model(",
+                 "TrainingArguments(", "Trainer(", ".train()", "save_pretrained(", "PeftModel.from_pretrained(",
+                 "merge_and_unload()", ".generate(", "resume_from_checkpoint"):
+        assert call in text, f"the recipe should show {call}"
+    for name in ("train_lora_adapter", "train_with_trainer", "lora_config(", "collate(", "experiment_settings("):
+        assert name not in text, f"the recipe should not go through course_utils' {name}"
+    imports = {line for line in text.splitlines() if "course_utils" in line and "import" in line}
+    assert imports == {"from course_utils.data import SQL_INSTRUCTION, read_chat_rows, training_features",
+                       "from course_utils.models import resolve_model"}, imports
+    qlora = "\n".join(_section("09_qlora_training.ipynb", "## 6. The recipe in 4 bits"))
+    for call in ("BitsAndBytesConfig(", "bnb_4bit_quant_type=\"nf4\"", "bnb_4bit_use_double_quant=True",
+                 "prepare_model_for_kbit_training(", "paged_adamw_8bit", "Trainer("):
+        assert call in qlora, f"the QLoRA recipe should show {call}"

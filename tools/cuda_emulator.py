@@ -340,6 +340,10 @@ def _handle(func, args: tuple, kwargs: dict):
 
     if func in _NUMPY and args and is_emulated(args[0]):
         raise TypeError(NUMPY_MESSAGE)
+    if func is torch.Tensor.__format__ and args and is_emulated(args[0]):
+        with _inside():  # f"{x:.2e}" of a 0-dim CUDA tensor formats x.item(), as a plain Tensor's does
+            if args[0].dim() == 0:
+                return args[0].item().__format__(*args[1:])
 
     if func is _PIN:
         if is_emulated(args[0]):
@@ -506,6 +510,10 @@ class _Event(_NullContext):
 
     def wait(self, stream=None):
         pass
+
+
+_RANDOM_NAMES = ("get_rng_state", "get_rng_state_all", "set_rng_state", "set_rng_state_all", "manual_seed",
+                 "manual_seed_all", "seed", "seed_all", "initial_seed")  # also in torch.cuda.random
 
 
 def _cuda_api(gpu: GPU) -> dict[str, Any]:
@@ -759,6 +767,8 @@ class _Emulator:
         _import_bitsandbytes_for_cpu()
         for name, value in _cuda_api(self.gpu).items():
             self._patch(torch.cuda, name, value)
+            if name in _RANDOM_NAMES:  # the Trainer's checkpoints call torch.cuda.random.get_rng_state directly
+                self._patch(torch.cuda.random, name, value)
         for name, value in _accelerator_api().items():
             if hasattr(torch.accelerator, name):
                 self._patch(torch.accelerator, name, value)

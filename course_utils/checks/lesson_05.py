@@ -100,18 +100,21 @@ def check_rslora_experiment(prediction: Any, observed: Any, plain: Any, r: int, 
         difference, se = loss_difference(plain, expected)
         seen = outcome(difference, se)
         said["measured"] = (f"rsLoRA {expected.mean:.3f} vs plain {plain.mean:.3f}, difference {difference:+.3f} "
-                            f"± {2 * se:.3f} (two standard errors), so {seen!r}")
+                            f"± {2 * se:.3f} (two standard errors)")
+        if seen == "no difference":  # not detected: inconclusive, so no prediction is refuted
+            said["verdict"] = (f"inconclusive: {said['measured']}, no difference detected. That neither confirms "
+                               f"nor refutes your prediction ({guess!r}): a difference smaller than this noise may be "
+                               f"there. {mechanism}; in this run the yardstick did not move beyond its noise.")
+            return None
         if guess == seen:
+            said["verdict"] = f"your prediction matches the observation: {said['measured']}, so {seen!r}."
             return None
         if seen == "lower":
             why = (" In 12 steps plain LoRA at a high rank barely moves; rsLoRA gives it back a step size like "
                    "r=8's (scale 2), so it learns more in the same steps.")
-        elif seen == "higher":
-            why = " Here the larger update overshoots, as too high a learning rate does."
         else:
-            why = (" Even so the yardstick did not move beyond its noise in this run: the scale is not what "
-                   "limits this budget.")
-        return (f"you predicted {guess!r}; observed: {said['measured']}. {mechanism}.{why} "
+            why = " Here the larger update overshoots, as too high a learning rate does."
+        return (f"you predicted {guess!r}; observed: {said['measured']}, so {seen!r}. {mechanism}.{why} "
                 "(One seed: section 1's seed spread bounds what it can show.)")
 
-    return run_check("rsLoRA experiment", answer, find_problem, success=lambda: f"your prediction matches the observation: {said['measured']}.")
+    return run_check("rsLoRA experiment", answer, find_problem, success=lambda: said["verdict"])

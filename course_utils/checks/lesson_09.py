@@ -98,11 +98,14 @@ def check_base_format_experiment(prediction: Any, observed: Any, nf4: Any) -> Fe
     `observed` and `nf4` are the per-question answer losses (`ExampleLosses`)
     of the two bases on the same questions, before any training. The outcome is
     "lower" or "higher" when FP4's loss differs from NF4's by more than twice
-    the standard error over the questions, else "about the same".
+    the standard error over the questions; otherwise no difference is detected,
+    which is inconclusive: it refutes no prediction (not even "higher" or
+    "lower"), and it does not show that the two cost the same.
     """
     from ..compare import loss_difference
 
     reference = _as_losses(nf4)
+    said: dict[str, str] = {}
 
     def find_problem(answer):
         predicted, seen = answer
@@ -120,22 +123,26 @@ def check_base_format_experiment(prediction: Any, observed: Any, nf4: Any) -> Fe
             return 'these are the NF4 losses again: score the base loaded with quantization="fp4".'
         difference, error = loss_difference(reference, seen)
         outcome = "lower" if difference < -2 * error else "higher" if difference > 2 * error else "about the same"
+        measured = (f"{reference.mean:.4f} NF4, {seen.mean:.4f} FP4, difference {difference:+.4f} ± "
+                    f"{2 * error:.4f} (two standard errors)")
+        if outcome == "about the same":  # not detected: inconclusive, so no prediction is refuted
+            said["verdict"] = (f"inconclusive: no difference detected ({measured}). That neither confirms nor "
+                               f"refutes your prediction ({predicted!r}): a difference smaller than this noise may "
+                               "be there, and more questions would be needed to see it.")
+            return None
         if predicted == outcome:
+            said["verdict"] = f"correct: FP4's base loss is {outcome} ({measured})."
             return None
         if outcome == "higher":
             why = ("NF4 puts its 16 levels where normally distributed weights are dense, FP4 spends them on a "
                    "wider, sparser range, so FP4 rounds these weights further from their values")
-        elif outcome == "lower":
+        else:
             why = ("these weights are Q4_1 values (lesson 08): they sit on a uniform grid, not a normal "
                    "distribution, and here FP4's levels happen to land closer to them than NF4's; on Gaussian "
                    "weights NF4 wins, as the paper reports")
-        else:
-            why = ("both formats round every weight to one of 16 levels per block; on these weights the two "
-                   "roundings cost the answers about the same, and the difference stays inside the noise")
         return (f"your observation is right; the prediction was not: FP4's base loss is {outcome} "
-                f"({reference.mean:.4f} NF4, {seen.mean:.4f} FP4, difference {difference:+.4f} ± "
-                f"{2 * error:.4f}). Why: {why}.")
+                f"({measured}), beyond the noise. Why: {why}.")
 
     answer = None if is_placeholder(prediction) or is_placeholder(observed) else (prediction, observed)
     return run_check("experiment: FP4 instead of NF4 as the base", answer, find_problem,
-                     success="correct: prediction and observation agree.")
+                     success=lambda: said["verdict"])

@@ -43,21 +43,21 @@ from .schemas import (
 from .sql_task import TEMPLATES, TEMPLATE_BY_NAME, Template, generate_sql_examples
 from .json_task import JSON_FIELDS, JSON_INSTRUCTION, JSON_PHRASINGS, generate_json_examples
 from .files import (
-    GENERATORS, REQUIRED_FIELDS, data_path, evenly_spaced, load_examples, load_task_dataset,
-    load_transfer_examples, read_jsonl, refresh_transfer_schemas, transfer_path, write_jsonl,
+    CHAT_FIELDS, CHAT_FORMAT, GENERATORS, REQUIRED_FIELDS, data_path, evenly_spaced, load_examples, load_task_dataset,
+    load_transfer_examples, read_chat_rows, read_jsonl, refresh_transfer_schemas, transfer_path, write_jsonl,
 )
 from .prompts import SQL_INSTRUCTION, build_messages, collate, prompt_text, training_features, trim_to_answers
 from .generate import main, regenerate
 from .sql_task import _gold_is_informative  # (tests check gold answers with it)
 
 __all__ = [
-    'Column', 'DATABASES', 'DATABASE_BY_ID', 'DATA_DIR', 'Database', 'GENERATORS', 'GROUPS',
+    'CHAT_FIELDS', 'CHAT_FORMAT', 'Column', 'DATABASES', 'DATABASE_BY_ID', 'DATA_DIR', 'Database', 'GENERATORS', 'GROUPS',
     'JSON_FIELDS', 'JSON_INSTRUCTION', 'JSON_PHRASINGS', 'JSON_SPLIT_SIZES', 'REQUIRED_FIELDS',
     'SCHEMA_STYLE', 'SCHEMA_STYLES', 'SEED', 'SPLITS', 'SPLIT_SIZES', 'SQL_INSTRUCTION', 'SQL_TYPES',
     'TASKS', 'TEMPLATES', 'TEMPLATE_BY_NAME', 'TRANSFER_DIR', 'Table', 'Template', 'build_messages', 'collate',
     'connect', 'data_path', 'database_script', 'describe_schema', 'evenly_spaced',
     'generate_json_examples', 'generate_sql_examples', 'load_examples', 'load_task_dataset',
-    'load_transfer_examples', 'main', 'plural', 'prompt_text', 'read_jsonl', 'refresh_transfer_schemas',
+    'load_transfer_examples', 'main', 'plural', 'prompt_text', 'read_chat_rows', 'read_jsonl', 'refresh_transfer_schemas',
     'regenerate', 'schema_text', 'sql_literal', 'table', 'training_features', 'transfer_database_ids', 'trim_to_answers',
     'transfer_path', 'write_jsonl',
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 from .splits import DATA_DIR, SPLITS, TASKS
 from .schemas import schema_text
@@ -31,42 +32,74 @@ REQUIRED_FIELDS = {"sql": ("task", "question", "answer", "db_id", "schema"), "js
 _FIX = "Fix the file or regenerate it with `python -m course_utils.data`."
 
 
-def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
+def read_jsonl(path: Path, required: tuple[str, ...] = (), fix: str = _FIX,
+               check_row: Callable[[dict], str | None] | None = None) -> list[dict]:
     """Read a JSONL file: one JSON object per line (blank lines are skipped).
 
     Anything wrong is a ValueError that names the file and the line: an empty
     file, bytes that are not UTF-8, a line that is not JSON or not a JSON
-    object, a `required` field missing or not a string.
+    object, a `required` field missing or not a string, or what `check_row`
+    says is wrong with a row (it returns None for a good row). `fix` ends each
+    message (the course's files are regenerated; a learner's file is edited).
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (or is not a file). {fix}")
     data = path.read_bytes()
     if not data.strip():
-        raise ValueError(f"{path} is empty: expected one JSON object per line. {_FIX}")
+        raise ValueError(f"{path} is empty: expected one JSON object per line. {fix}")
     rows = []
     for number, raw in enumerate(data.split(b"\n"), start=1):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ValueError(f"{path}, line {number}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column "
-                             f"{exc.start + 1}); save the file as UTF-8. {_FIX}") from None
+                             f"{exc.start + 1}); save the file as UTF-8. {fix}") from None
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}, line {number}: not valid JSON ({exc.msg}). {_FIX}") from None
+            raise ValueError(f"{path}, line {number}: not valid JSON ({exc.msg}). {fix}") from None
         if not isinstance(row, dict):
             raise ValueError(f"{path}, line {number}: a JSON {type(row).__name__}, not a JSON object "
-                             f"({{\"field\": value, ...}}). {_FIX}")
+                             f"({{\"field\": value, ...}}). {fix}")
         for name in required:
             if name not in row:
                 raise ValueError(f"{path}, line {number}: missing field {name!r} (every row needs "
-                                 f"{', '.join(required)}). {_FIX}")
+                                 f"{', '.join(required)}). {fix}")
             if not isinstance(row[name], str):
                 raise ValueError(f"{path}, line {number}: field {name!r} is a {type(row[name]).__name__}, "
-                                 f"not a string. {_FIX}")
+                                 f"not a string. {fix}")
+        if check_row is not None and (problem := check_row(row)):
+            raise ValueError(f"{path}, line {number}: {problem}. {fix}")
         rows.append(row)
     return rows
+
+
+CHAT_FIELDS = ("question", "answer")  # required; "system" is optional
+CHAT_FORMAT = ('one JSON object per line: {"question": "...", "answer": "..."}, optionally with '
+               '"system": "..." (instructions the model sees first, e.g. a schema); see docs/your_data.md')
+
+
+def read_chat_rows(path: str | Path) -> list[dict]:
+    """Read a learner's training file: question/answer rows (and an optional system text), checked line by line.
+
+    The format of lesson 04's recipe. Every problem is a ValueError naming the
+    file, the line and the fix, raised before any model is loaded: a missing or
+    non-string field, an empty question or answer (an empty answer trains the
+    model to stop at once), a `system` that is not a string. Other fields are
+    kept and ignored.
+    """
+    def problem(row: dict) -> str | None:
+        for name in CHAT_FIELDS:
+            if not row[name].strip():
+                return f"field {name!r} is empty"
+        if row.get("system") is not None and not isinstance(row["system"], str):
+            return f"field 'system' is a {type(row['system']).__name__}, not a string"
+        return None
+
+    return read_jsonl(Path(path), CHAT_FIELDS, fix=f"Each line must be {CHAT_FORMAT}.", check_row=problem)
 
 
 def write_jsonl(rows: list[dict], path: Path) -> None:
