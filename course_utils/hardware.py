@@ -155,7 +155,7 @@ def bitsandbytes_status() -> tuple[bool, str]:
 # (`VersionCheck.ok`), so a newer release that CI picks up within the ranges breaks nothing here.
 # tests/test_versions.py fails when the installed release series (major.minor) differs from these.
 TESTED_VERSIONS = {
-    "torch": "2.13.0", "transformers": "5.25.0", "peft": "0.21.2", "bitsandbytes": "0.50.2",
+    "torch": "2.13.0", "transformers": "5.25.0", "peft": "0.22.0", "bitsandbytes": "0.50.2",
     "accelerate": "1.16.0", "datasets": "5.2.0", "matplotlib": "3.11.2",
 }
 
