@@ -227,7 +227,8 @@ def test_navigation_lists_the_lessons_in_order(context, server):
     assert len(lessons) == len(list((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))), nav
     assert lessons == sorted(lessons), f"navigation out of lesson order: {lessons}"
     assert nav.index(lessons[-1]) < nav.index("notebooks/solutions/index.html") < nav.index("docs/instructor.html")
-    assert [h.split("#")[0] for h in lessons_in_table] == lessons, "the home page's lesson map links every lesson page"
+    linked = [h.split("#")[0] for h in lessons_in_table if re.match(r"notebooks/\d\d_", h)]  # rows may link docs too
+    assert linked == lessons, "the home page's lesson map links every lesson page"
 
 
 def test_search_finds_lesson_07(context, server):
