@@ -1,5 +1,7 @@
 """The stored notebooks stay clean, and the solutions stay in step with the lessons."""
 
+import ast
+import builtins
 import json
 import subprocess
 import sys
@@ -98,8 +100,20 @@ def test_the_take_home_recipe_writes_every_call_out_and_leans_on_the_course_only
     for name in ("train_lora_adapter", "train_with_trainer", "lora_config(", "collate(", "experiment_settings("):
         assert name not in text, f"the recipe should not go through course_utils' {name}"
     imports = {line for line in text.splitlines() if "course_utils" in line and "import" in line}
-    assert imports == {"from course_utils.data import SQL_INSTRUCTION, read_chat_rows, training_features",
-                       "from course_utils.models import resolve_model"}, imports
+    assert imports == {"from course_utils.data import SQL_INSTRUCTION, evenly_spaced, load_examples, read_chat_rows, "
+                       "training_features", "from course_utils.models import load_tokenizer, resolve_model"}, imports
+    # copyable: every name the recipe reads is defined in the recipe, except the lesson's sizes (`profile`) and
+    # section 1's count (`predicted`), both on lines the markdown names
+    defined, used = set(dir(builtins)), set()
+    for cell in recipe:
+        for node in ast.walk(ast.parse(cell)):
+            if isinstance(node, ast.Name):
+                (defined if isinstance(node.ctx, ast.Store) else used).add(node.id)
+            elif isinstance(node, (ast.FunctionDef, ast.arg)):
+                defined.add(node.name if isinstance(node, ast.FunctionDef) else node.arg)
+            elif isinstance(node, ast.alias):
+                defined.add((node.asname or node.name).split(".")[0])
+    assert used - defined == {"profile", "predicted"}, used - defined
     qlora = "\n".join(_section("09_qlora_training.ipynb", "## 6. The recipe in 4 bits"))
     for call in ("BitsAndBytesConfig(", "bnb_4bit_quant_type=\"nf4\"", "bnb_4bit_use_double_quant=True",
                  "prepare_model_for_kbit_training(", "paged_adamw_8bit", "Trainer("):

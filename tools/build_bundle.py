@@ -53,7 +53,8 @@ TORCH_FAMILY_EXACT = {"torch", "triton", "torchvision", "torchaudio"}
 TORCH_FAMILY_PREFIXES = ("nvidia-", "cuda-")
 COURSE_ITEMS = ("course_utils", "data", "notebooks", "docs", "tools", "pyproject.toml", "README.md", "Makefile",
                 "environment.yml", "LICENSE")
-IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints", "*.egg-info")
+IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints", "*.egg-info",
+                                 "recipe_runs")  # lesson 04's runs on the build machine (0.5 GB each)
 
 
 def dependency_closure(package: str = COURSE_PACKAGE, extras: tuple[str, ...] = ("dev",)) -> dict[str, str]:

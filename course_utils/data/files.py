@@ -44,7 +44,7 @@ def read_jsonl(path: Path, required: tuple[str, ...] = (), fix: str = _FIX,
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist (or is not a file). {fix}")
+        raise FileNotFoundError(f"{path.resolve()} does not exist (or is not a file). {fix}")
     data = path.read_bytes()
     if not data.strip():
         raise ValueError(f"{path} is empty: expected one JSON object per line. {fix}")
