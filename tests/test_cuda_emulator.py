@@ -298,3 +298,34 @@ def test_joins_generators_and_type_as_behave_as_on_cuda():
             torch.randn(3, generator=torch.Generator(), device="cuda")
         moved = torch.ones(2).type_as(torch.zeros(2, device="cuda", dtype=torch.float16))
         assert is_emulated(moved) and moved.dtype == torch.float16
+
+
+def test_16bit_products_on_the_device_accumulate_in_fp32_as_cuda_does():
+    """A GPU multiplies 16-bit values and accumulates in fp32, rounding the result once; the CPU's fp16
+    kernels are several times slower. On the emulated device a 16-bit product (stored 16-bit inputs, a
+    GEMM under autocast, bitsandbytes' 4-bit GEMM) is the fp32 product of the 16-bit values, rounded once,
+    and gradients still flow; CPU tensors keep the CPU's kernels."""
+    from course_utils.qlora import dequantize_weight, four_bit_linear
+
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(8, 256, generator=g), torch.randn(64, 256, generator=g)
+    once = lambda a, b, dtype: torch.nn.functional.linear(a.to(dtype).float(), b.to(dtype).float()).to(dtype)
+    cpu_fp16 = torch.nn.functional.linear(x.half(), w.half())
+    with emulated_cuda("T4"):
+        for dtype in (torch.float16, torch.bfloat16):
+            xh = x.to("cuda", dtype).requires_grad_()
+            y = torch.nn.functional.linear(xh, w.to("cuda", dtype))
+            assert y.device.type == "cuda" and y.dtype == dtype
+            assert torch.equal(y.cpu(), once(x, w, dtype))
+            y.float().sum().backward()
+            assert xh.grad.dtype == dtype and xh.grad.device.type == "cuda"
+            assert torch.equal((xh.cuda() @ w.to("cuda", dtype).T).cpu(), once(x, w, dtype))
+        with torch.autocast("cuda", dtype=torch.float16):
+            y = torch.nn.functional.linear(x.cuda(), w.cuda())
+        assert y.dtype == torch.float16 and torch.equal(y.cpu(), once(x, w, torch.float16))
+        assert torch.equal(torch.nn.functional.linear(x.half(), w.half()), cpu_fp16)  # CPU tensors: CPU kernels
+        layer = four_bit_linear(w.cuda(), "nf4", double_quant=True, compute_dtype=torch.float16)
+        y = layer(x.to("cuda", torch.float16))
+        assert y.device.type == "cuda" and y.dtype == torch.float16
+        expected = once(x, dequantize_weight(layer).cpu(), torch.float16)
+    assert torch.equal(y.cpu(), expected)

@@ -44,7 +44,9 @@ runner to inject.
 
 Not emulated: separate GPU memory (an emulated tensor's memory is host memory), asynchronous
 execution (synchronize() is a no-op, so missing synchronize() calls do not show), CUDA kernels and
-their numerics (every op runs the CPU kernel, so fp16 results are the CPU's), `torch.save` of an
+their numerics (every op runs the CPU kernel; 16-bit matrix products and attention on the device run as
+CUDA's do, fp32 products of the 16-bit values rounded to 16 bits once, in the CPU's summation order, which
+is also several times faster than the CPU's fp16 kernels), `torch.save` of an
 emulated tensor (it is saved as a CPU tensor), `torch.device("cuda")` as a context manager /
 `torch.set_default_device("cuda")`, and C++ code that asks the tensor's device (it says cpu).
 """
@@ -293,6 +295,81 @@ INDEX_MESSAGE = "indices should be either on cpu or on the same device as the in
 _JOINS = {torch.cat, torch.concat, torch.concatenate, torch.stack, torch.hstack, torch.vstack, torch.dstack}
 
 
+# Matrix products as a GPU computes them in 16 bits: cuBLAS (and flash attention) multiply 16-bit inputs and
+# accumulate in fp32, rounding the result to 16 bits once. The CPU's own fp16 kernels are 3-8x slower than its
+# fp32 ones (no fp16 arithmetic without AVX512-FP16), so the emulator widens the inputs to fp32, runs the fp32
+# kernel and rounds the result: CUDA's numerics up to summation order, at the CPU's fp32 speed.
+_GEMMS = {torch.nn.functional.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm,
+          torch.Tensor.mm, torch.bmm, torch.Tensor.bmm, torch.addmm, torch.Tensor.addmm, torch.baddbmm,
+          torch.Tensor.baddbmm}
+_ATTENTION = {torch.nn.functional.scaled_dot_product_attention}
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _is_gemm_4bit(func) -> bool:
+    try:
+        return func is torch.ops.bitsandbytes.gemm_4bit.default
+    except (AttributeError, RuntimeError):  # bitsandbytes not imported: no such op
+        return False
+
+
+def _half_gemm_4bit(args: tuple, kwargs: dict):
+    """bitsandbytes' 4-bit product on a GPU: the weight dequantized to the 16-bit dtype, then a 16-bit GEMM
+    (fp32 accumulation); its CPU kernel would run the same GEMM in fp16 arithmetic, several times slower."""
+    names = ("A", "B", "shapeB", "absmax", "blocksize", "quant_type", "bias", "absmax_8bit", "absmax_code",
+             "absmax_offset")
+    given = dict(zip(names, args)) | kwargs
+    A, absmax = given["A"], given["absmax"]
+    if A.dtype not in _HALF:
+        return None
+
+    def run():
+        scales = absmax
+        if given.get("absmax_8bit") is not None:  # double quantization: the block scales are stored in 8 bits
+            scales = torch.ops.bitsandbytes.dequantize_blockwise.default(
+                given["absmax_8bit"], absmax, given["absmax_code"], 256, torch.float32) + given["absmax_offset"]
+        weight = torch.ops.bitsandbytes.dequantize_4bit.default(given["B"], scales, given["blocksize"],
+                                                                 given["quant_type"], given["shapeB"], A.dtype)
+        bias = given.get("bias")
+        with torch.autocast("cpu", enabled=False):
+            return torch.nn.functional.linear(A.float(), weight.float(),
+                                              None if bias is None else bias.float()).to(A.dtype)
+
+    return run
+
+
+def _half_product(func, args: tuple, kwargs: dict):
+    """A 16-bit product on the emulated GPU, run as fp32 products of 16-bit values rounded once (or None).
+
+    16 bits either because its floating inputs all are (a model stored in fp16), or because autocast would
+    cast them (a GEMM under autocast: its inputs rounded to the autocast dtype first, as autocast does;
+    attention is left to CPU autocast, which may keep it in fp32).
+    """
+    if _is_gemm_4bit(func):
+        return _half_gemm_4bit(args, kwargs)
+    if (func not in _GEMMS and func not in _ATTENTION) or "out" in kwargs:
+        return None
+    flat, _ = tree_flatten((args, kwargs))
+    floats = [t for t in flat if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if not floats:
+        return None
+    if func in _GEMMS and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") in _HALF:
+        dtype = torch.get_autocast_dtype("cpu")
+    elif len({t.dtype for t in floats}) == 1 and floats[0].dtype in _HALF:
+        dtype = floats[0].dtype
+    else:
+        return None
+
+    def widen(t):
+        return t.to(dtype).float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+    def run():
+        with torch.autocast("cpu", enabled=False):
+            return func(*tree_map(widen, args), **tree_map(widen, kwargs)).to(dtype)
+
+    return run
+
+
 def _check_devices(func, flat: list, args: tuple = ()) -> None:
     has_cuda = any(is_emulated(t) for t in flat)
     if not has_cuda:
@@ -373,8 +450,9 @@ def _handle(func, args: tuple, kwargs: dict):
     if target is None or func is not _TO:
         _check_devices(func, flat_in, args)
 
+    half_product = _half_product(func, args, kwargs) if any_emulated else None
     with _inside():
-        out = func(*args, **kwargs)
+        out = half_product() if half_product else func(*args, **kwargs)
 
     if func in (_TO, _CPU):
         self = args[0]

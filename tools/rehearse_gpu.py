@@ -14,10 +14,11 @@ with the CPU kernels' rounding (tools/cuda_emulator.py says how, and what it
 cannot show: CUDA's kernels and their rounding, speed, memory, asynchronous
 execution). Every kernel underneath
 is the CPU's, so the rehearsal runs at quick sizes (COURSE_QUICK=1: the `gpu=`
-branches' code with the CPU's step counts) and in 16 bits, which is several
-times slower than fp32 on a CPU without AVX-512: CI rehearses the lessons whose
+branches' code with the CPU's step counts) and in 16 bits (its matrix products
+as fp32 products of 16-bit values, as a GPU computes them and at the CPU's fp32
+speed; the rest in the CPU's 16-bit kernels): CI rehearses the lessons whose
 GPU branches differ from the CPU's but which do not train (REHEARSED); the ones
-that train take 16-bit training steps of minutes each (docs/measurements.md says
+that train would add their whole CPU time again (docs/measurements.md says
 what that would cost). The rehearsal's executed notebooks stay in
 build/rehearsal/ (not on the site).
 """
