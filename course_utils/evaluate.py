@@ -70,18 +70,43 @@ class EvalReport:
         return f"accuracy {self.accuracy:.1%} on {len(self.results)} examples ({parts})"
 
 
-# An opening fence with an optional info string on its own line (```sql, ```sqlite, ```SQL ...),
-# then the code up to the closing fence or the end of the text (an answer cut off by max_new_tokens).
-_FENCE = re.compile(r"```(?:[ \t]*(?!(?i:select|with)\b)[\w+.-]*[ \t]*\n)?(.*?)(?:```|\Z)", flags=re.S)
+# Fences: a run of three or more backticks or tildes (Markdown's two kinds). Each pattern below is a plain run
+# or a negated class, so a search costs time linear in the text, whatever the model wrote (the earlier single
+# regex backtracked quadratically: a fence and 100,000 spaces took 10 s).
+_OPENING = re.compile(r"`{3,}|~{3,}")
+_INFO_STRING = re.compile(r"[ \t]*([A-Za-z][\w+.-]*)?[ \t]*")  # ```sql, ```sqlite, ```SQL: a language name
+_SQL_START = re.compile(r"(?:select|with)\b", flags=re.I)
+_INLINE_CODE = re.compile(r"`([^`\n]+)`")
 
 
 def extract_sql(text: str) -> str:
-    """The query inside a model's answer: the first fenced block if there is one, else the whole text."""
-    text = text.strip()
-    fenced = _FENCE.search(text)
-    if fenced:
-        text = fenced.group(1).strip()
-    return text
+    """The query inside a model's answer; the whole text when it is not wrapped.
+
+    Takes the first fenced block (``` or ~~~, three or more, with or without a
+    language name, on its own line or on the fence's: ```sql SELECT ...```, up to
+    a closing fence of the same kind or the end of the text, since an answer cut
+    off by max_new_tokens has none); the text before a lone closing fence (a
+    query, then ```); else the first inline code span that starts with SELECT or
+    WITH. Line ends are normalised first (CRLF). Linear time in the text's length.
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
+    opening = _OPENING.search(text)
+    if opening is None:
+        for span in _INLINE_CODE.finditer(text):
+            if _SQL_START.match(span.group(1).strip()):
+                return span.group(1).strip()
+        return text
+    fence = opening.group(0)
+    start = opening.end()
+    info = _INFO_STRING.match(text, start)
+    if info.group(1) and not _SQL_START.match(info.group(1)):  # a language name, not the query's first word
+        start = info.end()
+    end = text.find(fence[0] * len(fence), start)  # the closing fence: the same character, at least as long
+    code = text[start:] if end < 0 else text[start:end]
+    code = code.strip()
+    if not code and opening.start() > 0:  # SELECT ...\n``` : the fence closes a query that had no opening one
+        return text[:opening.start()].strip()
+    return code
 
 
 _SANDBOX = SqlSandbox()  # one worker process, started on the first query

@@ -39,13 +39,60 @@ class MergeReport:
     output: Path
 
 
+MERGE_MARKER = "course_merge.json"  # written by a merge into its output: marks a folder a re-run may replace
+
+# LoraConfig settings whose adapters are not W + (alpha / r) B A on linear weights: a shard-wise merge of them
+# would write wrong weights without an error, so they are refused by name (PEFT's merge_and_unload knows them).
+UNSUPPORTED = {
+    "use_dora": "DoRA rescales each merged column by a learned magnitude",
+    "modules_to_save": "modules_to_save stores whole trained copies of modules",
+    "fan_in_fan_out": "fan_in_fan_out stores weights transposed (GPT-2's Conv1D)",
+    "rank_pattern": "rank_pattern gives some modules another rank, hence another alpha / r",
+    "alpha_pattern": "alpha_pattern gives some modules another alpha, hence another scaling",
+    "layer_replication": "layer_replication adds layers the base checkpoint does not have",
+    "lora_bias": "lora_bias trains a bias on lora_B",
+    "target_parameters": "target_parameters adapts parameters, not linear layers",
+    "trainable_token_indices": "trainable_token_indices trains rows of the embeddings",
+    "use_qalora": "QA-LoRA pools the input before A",
+    "use_bdlora": "BD-LoRA's block-diagonal A or B",
+    "alora_invocation_tokens": "activated LoRA applies the update only after its invocation tokens",
+}
+# Initialisations that change the base weights the adapter trains on (or start B A as a correction of them):
+# merging into the original checkpoint would count part of the update twice.
+BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq")
+
+
 def _lora_scaling(config: dict) -> float:
     r, alpha = config["r"], config["lora_alpha"]
     return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
 
 
+def _refuse_unsupported(folder: Path, config: dict) -> None:
+    """Every setting a shard-wise merge would get wrong, named, before anything is written."""
+    reasons = [f"{key} ({why})" for key, why in UNSUPPORTED.items() if config.get(key)]
+    if config.get("peft_type", "LORA") != "LORA":
+        reasons.insert(0, f"peft_type {config.get('peft_type')!r} (not LoRA)")
+    if config.get("bias", "none") != "none":
+        reasons.append(f"bias={config['bias']!r} (the adapter trains the base's biases too)")
+    init = str(config.get("init_lora_weights", True)).lower()
+    if init.startswith(BASE_CHANGING_INITS):
+        reasons.append(f"init_lora_weights={config['init_lora_weights']!r} (trained on changed base weights)")
+    if not isinstance(config.get("r"), int) or not isinstance(config.get("lora_alpha"), (int, float)):
+        reasons.append(f"r={config.get('r')!r}, lora_alpha={config.get('lora_alpha')!r} (need numbers)")
+    if reasons:
+        raise ValueError(f"{folder / ADAPTER_CONFIG}: a shard-wise merge handles plain LoRA on linear layers; "
+                         f"this adapter uses {'; '.join(reasons)}. Merge it with PeftModel.merge_and_unload() "
+                         "(with enough RAM for the whole model), which knows these settings.")
+
+
 def read_adapter(adapter_dir: str | os.PathLike) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
-    """{base weight name: (A, B)} and the scaling of a saved PEFT LoRA adapter."""
+    """{base weight name: (A, B)} and the scaling of a saved PEFT LoRA adapter.
+
+    Refuses, naming the file and the fix, an adapter it cannot merge exactly:
+    a missing or damaged file, a setting other than plain LoRA on linear layers
+    (`UNSUPPORTED`), LoRA on embeddings, a lora_A without its lora_B.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     folder = Path(adapter_dir)
@@ -53,18 +100,34 @@ def read_adapter(adapter_dir: str | os.PathLike) -> tuple[dict[str, tuple[torch.
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} is missing: point adapter_dir at the folder that "
                                     "`model.save_pretrained()` wrote for the adapter.")
-    config = json.loads((folder / ADAPTER_CONFIG).read_text())
-    unsupported = [key for key in ("use_dora", "modules_to_save", "fan_in_fan_out") if config.get(key)]
-    if config.get("peft_type", "LORA") != "LORA" or unsupported:
-        raise ValueError(f"{folder}: a shard-wise merge handles plain LoRA on linear layers; this adapter uses "
-                         f"{unsupported or config.get('peft_type')}. Merge it with PeftModel.merge_and_unload().")
-    tensors = load_file(folder / ADAPTER_WEIGHTS)
+    try:
+        config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{folder / ADAPTER_CONFIG} is not valid JSON ({error}): it is damaged; save the adapter "
+                         "again with model.save_pretrained(folder).") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{folder / ADAPTER_CONFIG} holds {type(config).__name__}, not a LoRA config: save the "
+                         "adapter again with model.save_pretrained(folder).")
+    _refuse_unsupported(folder, config)
+    try:
+        tensors = load_file(folder / ADAPTER_WEIGHTS)
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{folder / ADAPTER_WEIGHTS} cannot be read ({error}): the file is truncated or damaged "
+                         "(a save cut off?); save the adapter again with model.save_pretrained(folder).") from None
+    embeddings = sorted(k for k in tensors if "lora_embedding_" in k)
+    if embeddings:
+        raise ValueError(f"{folder / ADAPTER_WEIGHTS} holds LoRA on embeddings ({embeddings[0]}, ...), which a "
+                         "shard-wise merge does not handle: merge it with PeftModel.merge_and_unload().")
     pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for key, a in tensors.items():
         if ".lora_A." not in key:
             continue
+        partner = key.replace(".lora_A.", ".lora_B.")
+        if partner not in tensors:
+            raise ValueError(f"{folder / ADAPTER_WEIGHTS} has {key} but not {partner}: the file is incomplete; "
+                             "save the adapter again with model.save_pretrained(folder).")
         module = key.split(".lora_A.")[0].removeprefix("base_model.model.")
-        pairs[module + ".weight"] = (a, tensors[key.replace(".lora_A.", ".lora_B.")])
+        pairs[module + ".weight"] = (a, tensors[partner])
     if not pairs:
         raise ValueError(f"{folder / ADAPTER_WEIGHTS} holds no lora_A/lora_B pairs.")
     return pairs, _lora_scaling(config)
@@ -77,6 +140,9 @@ def add_update(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: 
     back to its dtype), then adds it in place: the sum is formed in the wider of
     the two dtypes and rounded once to the weight's dtype.
     """
+    if b.shape[0] != weight.shape[0] or a.shape[1] != weight.shape[1] or a.shape[0] != b.shape[1]:
+        raise ValueError(f"B {tuple(b.shape)} A {tuple(a.shape)} cannot update a weight of shape "
+                         f"{tuple(weight.shape)}: the adapter was trained on a model of other shapes.")
     delta = (b.float() @ a.float()) * scaling
     if b.dtype != torch.float32:
         delta = delta.to(b.dtype)
@@ -93,42 +159,86 @@ def base_shards(base_dir: Path) -> list[str]:
                             "transformers checkpoint folder (course_utils.models.resolve_model(model_id).path).")
 
 
+def _check_output(output: Path, base: Path, adapter: Path) -> None:
+    """Refuse an output folder whose replacement would lose something: the inputs, or files no merge wrote."""
+    out = output.resolve()
+    for role, folder in (("base_dir", base), ("adapter_dir", adapter)):
+        inside = folder.resolve()
+        if out == inside or out in inside.parents or inside in out.parents:
+            where = "is" if out == inside else "contains" if out in inside.parents else "is inside"
+            raise ValueError(f"output_dir {output} {where} {role} {folder}: the merge writes a new folder; choose one "
+                             f"outside both inputs, e.g. {base.parent / (base.name + '-merged')}.")
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"output_dir {output} is a file: choose a folder name for the merged model.")
+    if output.is_dir() and not (output / MERGE_MARKER).is_file():
+        held = sorted(p.name for p in output.iterdir())
+        if held:
+            raise ValueError(f"output_dir {output} already holds {len(held)} entries no merge wrote "
+                             f"({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}); nothing was changed. Choose "
+                             "a new or empty folder, or move that one away yourself.")
+
+
 def merge_adapter_shardwise(base_dir: str | os.PathLike, adapter_dir: str | os.PathLike,
                             output_dir: str | os.PathLike, progress: bool = True) -> MergeReport:
-    """Write base + adapter as a merged checkpoint in `output_dir`, one shard in memory at a time."""
-    from safetensors import safe_open
+    """Write base + adapter as a merged checkpoint in `output_dir`, one shard in memory at a time.
+
+    Nothing is lost: `output_dir` must be new, empty or an earlier merge's output (its `MERGE_MARKER`),
+    and must not hold or sit in either input. The merge is written into a hidden sibling folder that
+    replaces `output_dir` only once complete, so an interrupted merge leaves the old output (or none)
+    and no partial folder behind.
+    """
+    import tempfile
+
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import save_file
 
     base, output = Path(base_dir), Path(output_dir)
-    if output.resolve() == base.resolve():
-        raise ValueError("output_dir must differ from base_dir: the base checkpoint is read while the merge is written.")
+    _check_output(output, base, Path(adapter_dir))
     pairs, scaling = read_adapter(adapter_dir)
     shards = base_shards(base)
-    partial = output.with_name(output.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    merged, largest = 0, 0
-    for shard in tqdm(shards, desc="merging shards", disable=not progress):
-        tensors = {}
-        with safe_open(base / shard, framework="pt") as handle:
-            metadata = handle.metadata()
-            for key in handle.keys():
-                tensor = handle.get_tensor(key)
-                if key in pairs:
-                    a, b = pairs[key]
-                    tensor = add_update(tensor, a, b, scaling)
-                    merged += 1
-                tensors[key] = tensor
-        largest = max(largest, sum(t.numel() * t.element_size() for t in tensors.values()))
-        save_file(tensors, partial / shard, metadata=metadata or {"format": "pt"})
-        del tensors
-    if merged != len(pairs):
-        shutil.rmtree(partial)
-        raise ValueError(f"the adapter targets {len(pairs)} weights but the base checkpoint in {base} holds only "
-                         f"{merged} of them: merge the adapter into the model it was trained on.")
-    for extra in base.iterdir():  # config, index, tokenizer, generation config: copied as they are
-        if extra.is_file() and not extra.name.endswith(".safetensors"):
-            shutil.copy2(extra, partial / extra.name)
-    shutil.rmtree(output, ignore_errors=True)
-    partial.rename(output)  # atomic: an interrupted merge never looks complete
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.merging-"))
+    merged, largest, replaced = 0, 0, None
+    try:
+        for shard in tqdm(shards, desc="merging shards", disable=not progress):
+            tensors = {}
+            try:
+                with safe_open(base / shard, framework="pt") as handle:
+                    metadata = handle.metadata()
+                    for key in handle.keys():
+                        tensors[key] = handle.get_tensor(key)
+            except (SafetensorError, OSError) as error:
+                raise ValueError(f"{base / shard} cannot be read ({error}): the base checkpoint is damaged or "
+                                 "incomplete; download it again.") from None
+            for key in tensors.keys() & pairs.keys():
+                a, b = pairs[key]
+                try:
+                    tensors[key] = add_update(tensors[key], a, b, scaling)
+                except ValueError as error:
+                    raise ValueError(f"{key}: {error} Merge the adapter in {adapter_dir} into the model it was "
+                                     f"trained on, not {base}.") from None
+                merged += 1
+            largest = max(largest, sum(t.numel() * t.element_size() for t in tensors.values()))
+            save_file(tensors, partial / shard, metadata=metadata or {"format": "pt"})
+            del tensors
+        if merged != len(pairs):
+            raise ValueError(f"the adapter targets {len(pairs)} weights but the base checkpoint in {base} holds "
+                             f"only {merged} of them: merge the adapter into the model it was trained on.")
+        for extra in base.iterdir():  # config, index, tokenizer, generation config: copied as they are
+            if extra.is_file() and not extra.name.endswith(".safetensors"):
+                shutil.copy2(extra, partial / extra.name)
+        (partial / MERGE_MARKER).write_text(json.dumps({"base_dir": str(base), "adapter_dir": str(adapter_dir),
+                                                        "merged_weights": merged, "scaling": scaling}, indent=1))
+        if output.exists():  # an earlier merge's output (checked above): moved aside, then removed
+            replaced = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.replaced-"))
+            output.rename(replaced / output.name)
+        partial.rename(output)  # atomic: an interrupted merge never looks complete
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        if replaced is not None and not output.exists():  # put the earlier merge back
+            (replaced / output.name).rename(output)
+            shutil.rmtree(replaced, ignore_errors=True)
+        raise
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
     return MergeReport(shards=len(shards), merged_weights=merged, largest_shard_bytes=largest, output=output)

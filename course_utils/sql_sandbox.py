@@ -295,7 +295,10 @@ class SqlSandbox:
             process.kill()
             process.wait()
             for stream in (process.stdin, process.stdout):
-                stream.close()
+                try:
+                    stream.close()
+                except OSError:  # a dead worker's pipe: what was left unsent has nowhere to go
+                    pass
 
     def run(self, script: str, sql: str, time_limit_s: float = SQL_TIME_LIMIT_S) -> tuple[list[tuple] | None, str]:
         """(rows, "") when the query ran, else (None, reason)."""
@@ -306,22 +309,29 @@ class SqlSandbox:
         with self._lock:
             if self._process is not None and self._owner != os.getpid():
                 self._process = None  # inherited through fork: that worker belongs to the parent process
-            if self._process is None or self._process.poll() is not None:
-                self._start()
-            try:
-                _send(self._process.stdin, (script, sql, float(time_limit_s)))
-            except OSError:
-                self.close()
-                return None, "error: the SQL sandbox stopped; it restarts for the next query"
-            reply = self._wait(time_limit_s + KILL_GRACE_S)
-            if reply is False:  # past the deadline: only killing it stops a long compile or function call
-                self.close()
-                return None, f"timeout: over {time_limit_s} s"
-            if reply is None:
-                self.close()
-                return None, "error: the query crashed the SQL sandbox; it restarts for the next query"
-            kind, payload = reply
-            return (payload, "") if kind == "ok" else (None, payload)
+            # A worker that died before this query (killed, out of memory) is not the query's fault: the query
+            # is sent once more to a fresh worker, and only a query that also ends that one is blamed.
+            for attempt in (1, 2):
+                if self._process is None or self._process.poll() is not None:
+                    self._start()
+                try:
+                    _send(self._process.stdin, (script, sql, float(time_limit_s)))
+                except OSError:
+                    self.close()
+                    if attempt == 1:
+                        continue
+                    return None, "error: the SQL sandbox stopped; it restarts for the next query"
+                reply = self._wait(time_limit_s + KILL_GRACE_S)
+                if reply is False:  # past the deadline: only killing it stops a long compile or function call
+                    self.close()
+                    return None, f"timeout: over {time_limit_s} s"
+                if reply is None:
+                    self.close()
+                    if attempt == 1:
+                        continue
+                    return None, "error: the query crashed the SQL sandbox; it restarts for the next query"
+                kind, payload = reply
+                return (payload, "") if kind == "ok" else (None, payload)
 
 
 def _pump(stream: BinaryIO, replies: Any) -> None:

@@ -100,6 +100,12 @@ def test_json_field_accuracy_on_gold_answers_is_perfect():
     f"Here it is:\n```sql\n{GOLD}\n```\nThis lists the well-paid employees.",
     f"```sql\n{GOLD}",  # cut off by max_new_tokens before the closing fence
     f"```{GOLD}```",
+    f"{GOLD}\n```",  # a query, then a closing fence without an opening one (scored 0 before)
+    f"```sql\r\n{GOLD}\r\n```",  # CRLF line ends
+    f"```sql {GOLD}```",  # a one-line fence with a language name
+    f"~~~sql\n{GOLD}\n~~~",  # Markdown's other fence
+    f"````sql\n{GOLD}\n````",  # a four-backtick fence
+    f"The query is `{GOLD}`.",  # inline code
 ])
 def test_every_usual_code_fence_is_accepted(answer):
     assert score_sql(answer, GOLD, "company") == (True, "match"), extract_sql(answer)

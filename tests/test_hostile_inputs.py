@@ -254,3 +254,29 @@ def test_random_and_adversarial_text_never_raises_and_is_scored_in_bounded_time(
     print(f"\nslowest: score_sql {slowest_sql:.3f} s, score_json {slowest_json:.4f} s")
     assert slowest_sql < SQL_TIME_LIMIT_S + 0.5 and slowest_json < 0.5
 
+
+
+@pytest.mark.parametrize("text", ["```" + " " * 10**6 + "a", "```sql" + "\n" * 10**6, "`" * 10**6, "~" * 10**6 + "x",
+                                  "`a" * 500_000, "```sql\n" + "SELECT 1 " * 100_000])
+def test_sql_extraction_takes_linear_time_at_a_megabyte(text):
+    """The earlier fence regex backtracked: ``` then 100,000 spaces and a letter took 10.4 s (about 1,000 s
+    at 1 MB). A megabyte of any shape now takes well under a second."""
+    start = time.monotonic()
+    extract_sql(text)
+    assert time.monotonic() - start < 1.0
+
+
+def test_a_valid_query_right_after_the_worker_died_is_run_on_a_fresh_one():
+    """The worker killed between two queries (out of memory, a stray signal): the next valid query used to be
+    scored "the query crashed the SQL sandbox". It is retried once on a fresh worker and scored on its merits."""
+    conn, sandbox, script = connect("company"), SqlSandbox(), database_script("company")
+    try:
+        assert sandbox.run(script, GOLD)[1] == ""  # starts the worker
+        dead = sandbox._process
+        dead.kill()
+        dead.wait()
+        dead.poll = lambda: None  # its death not yet seen when the next query comes (a race in real use)
+        rows, reason = sandbox.run(script, GOLD)
+        assert reason == "" and rows == run_readonly_query(conn, GOLD)
+    finally:
+        sandbox.close()

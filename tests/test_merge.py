@@ -102,3 +102,113 @@ def test_peak_ram_is_about_one_shard(tmp_path):
           f"peak RSS grew by {measured['growth'] / 2**20:.0f} MiB")
     assert measured["growth"] < 2.5 * measured["largest"] + 40 * 2**20  # a shard read + written, plus the adapter
     assert measured["growth"] < 0.6 * total  # far from the whole model in memory
+
+
+# --------------------------------------------------------------------------- nothing lost, nothing silently wrong
+# On the mini model (tests/mini_model.py): two layers, saved in several shards, seconds per test.
+
+def _mini_checkpoint_and_adapter(folder, **lora):
+    from transformers import AutoModelForCausalLM
+
+    from mini_model import mini_model_dir
+
+    load = lambda: AutoModelForCausalLM.from_pretrained(mini_model_dir(), dtype=torch.float32)
+    load().save_pretrained(folder / "base", max_shard_size="100KB")
+    torch.manual_seed(0)
+    model = get_peft_model(load(), LoraConfig(**({"r": 4, "lora_alpha": 8, "target_modules": "all-linear",
+                                                  "task_type": "CAUSAL_LM"} | lora)))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name or "lora_embedding_B" in name:
+                param.normal_(std=0.02)
+    model.save_pretrained(folder / "adapter")
+    return load
+
+
+def _hidden_leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.parametrize("lora", [{}, {"use_rslora": True}, {"target_modules": ["q_proj", "v_proj"]}],
+                         ids=["plain", "rslora", "qv"])
+def test_each_supported_setting_equals_peft_merge(tmp_path, lora):
+    load = _mini_checkpoint_and_adapter(tmp_path, **lora)
+    assert len(base_shards(tmp_path / "base")) >= 2
+    merge_adapter_shardwise(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged", progress=False)
+    expected = PeftModel.from_pretrained(load(), tmp_path / "adapter").merge_and_unload().state_dict()
+    merged = {k: v for shard in base_shards(tmp_path / "merged") for k, v in load_file(tmp_path / "merged" / shard).items()}
+    assert merged and all(torch.equal(t, expected[k]) for k, t in merged.items())
+
+
+@pytest.mark.parametrize("lora, named", [
+    ({"alpha_pattern": {"v_proj": 16}}, "alpha_pattern"),
+    ({"rank_pattern": {"v_proj": 1}}, "rank_pattern"),
+    ({"use_dora": True}, "use_dora"),
+    ({"bias": "lora_only"}, "bias="),
+    ({"target_modules": ["embed_tokens", "q_proj"]}, "LoRA on embeddings"),
+], ids=["alpha_pattern", "rank_pattern", "dora", "bias", "embeddings"])
+def test_settings_a_shardwise_merge_would_get_wrong_are_refused_by_name(tmp_path, lora, named):
+    """Measured before this refusal, against merge_and_unload: alpha_pattern 13.8, rank_pattern 3.9 and
+    embeddings 7.3 apart on the tiny model, without an error."""
+    _mini_checkpoint_and_adapter(tmp_path, **lora)
+    with pytest.raises(ValueError, match=named) as refused:
+        merge_adapter_shardwise(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged", progress=False)
+    assert "merge_and_unload" in str(refused.value)
+    assert not (tmp_path / "merged").exists() and not _hidden_leftovers(tmp_path)
+
+
+def test_an_output_folder_that_would_lose_work_is_refused(tmp_path):
+    _mini_checkpoint_and_adapter(tmp_path)
+    notebook = tmp_path / "results" / "my_notes.ipynb"
+    notebook.parent.mkdir()
+    notebook.write_text("{}")
+    for output, named in ((tmp_path, "contains base_dir"), (tmp_path / "base", "is base_dir"),
+                          (tmp_path / "adapter", "is adapter_dir"), (tmp_path / "base" / "merged", "is inside base_dir"),
+                          (tmp_path / "results", "no merge wrote"), (notebook, "is a file")):
+        with pytest.raises(ValueError, match=named):
+            merge_adapter_shardwise(tmp_path / "base", tmp_path / "adapter", output, progress=False)
+    assert notebook.read_text() == "{}" and (tmp_path / "base" / "config.json").is_file()
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    # an empty folder, then a re-run into the merge's own output: allowed, and nothing left beside it
+    (tmp_path / "merged").mkdir()
+    first = merge_adapter_shardwise(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged", progress=False)
+    (tmp_path / "merged" / "tokenizer.json").write_text("{}")  # what lesson 10 adds to its merged folder
+    again = merge_adapter_shardwise(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged", progress=False)
+    assert again.merged_weights == first.merged_weights and (tmp_path / "merged" / "course_merge.json").is_file()
+    assert not (tmp_path / "merged" / "tokenizer.json").exists() and not _hidden_leftovers(tmp_path)
+
+
+def _damage(folder, how):
+    adapter = folder / "adapter"
+    if how == "config":
+        (adapter / "adapter_config.json").write_text('{"r": 4, "lora_alpha": ')
+    elif how == "truncated":
+        data = (adapter / "adapter_model.safetensors").read_bytes()
+        (adapter / "adapter_model.safetensors").write_bytes(data[:len(data) // 2])
+    elif how == "missing B":
+        from safetensors.torch import save_file
+
+        tensors = load_file(adapter / "adapter_model.safetensors")
+        save_file({k: v for k, v in tensors.items() if not ("layers.1.self_attn.q_proj" in k and "lora_B" in k)},
+                  adapter / "adapter_model.safetensors")
+    elif how == "other shapes":
+        from safetensors.torch import save_file
+
+        tensors = load_file(adapter / "adapter_model.safetensors")
+        save_file({k: torch.cat([v, v], dim=0) if "lora_B" in k else v for k, v in tensors.items()},
+                  adapter / "adapter_model.safetensors")
+
+
+@pytest.mark.parametrize("how, named", [("config", "adapter_config.json is not valid JSON"),
+                                        ("truncated", "adapter_model.safetensors cannot be read"),
+                                        ("missing B", "but not .*lora_B"),
+                                        ("other shapes", "trained on a model of other shapes")])
+def test_a_damaged_or_foreign_adapter_is_refused_with_its_file_and_nothing_is_left(tmp_path, how, named):
+    _mini_checkpoint_and_adapter(tmp_path)
+    merge_adapter_shardwise(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged", progress=False)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "merged").iterdir()}
+    _damage(tmp_path, how)
+    with pytest.raises(ValueError, match=named):
+        merge_adapter_shardwise(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged", progress=False)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "merged").iterdir()} == before  # the earlier merge kept
+    assert not _hidden_leftovers(tmp_path)
