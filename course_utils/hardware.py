@@ -12,6 +12,9 @@ benchmarks/cpu_autocast.py), so a CPU lesson is the same computation everywhere.
 from __future__ import annotations
 
 import os
+import math
+import numbers
+import operator
 import platform
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -33,6 +36,18 @@ class HardwareProfile:
     compute_capability: tuple[int, int] | None = None
     native_bf16: bool = False
     cpu_count: int = 1
+
+    def __post_init__(self) -> None:
+        # Checked here, so that a bad value fails with its name instead of deep in a plan (a memory_gib of
+        # "16" once built a 2 GiB string in plan.verdict before failing).
+        if self.kind not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"kind must be 'cpu', 'cuda' or 'mps', got {self.kind!r}.")
+        memory = self.memory_gib
+        if isinstance(memory, bool) or not isinstance(memory, numbers.Real) or not math.isfinite(memory) or memory < 0:
+            raise ValueError(f"memory_gib must be a number of GiB, 0 or more (0: not known), got {memory!r} "
+                             "(a T4 has 14.74).")
+        if isinstance(self.cpu_count, bool) or not hasattr(self.cpu_count, "__index__") or operator.index(self.cpu_count) < 1:
+            raise ValueError(f"cpu_count must be a whole number of cores, 1 or more, got {self.cpu_count!r}.")
 
     @property
     def device(self) -> str:

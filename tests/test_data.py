@@ -4,6 +4,7 @@ import json
 import re
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from course_utils import data
@@ -217,7 +218,7 @@ def test_a_field_of_the_wrong_type_is_named(tmp_path):
 
 def test_a_row_of_another_task_is_named(tmp_path):
     _write(tmp_path, _sql_row() + "\n" + _sql_row(task="json") + "\n")
-    with pytest.raises(ValueError, match="row 2: field 'task' is 'json', expected 'sql'"):
+    with pytest.raises(ValueError, match="line 2: field 'task' is 'json', expected 'sql'"):
         data.load_examples("sql", "train", data_dir=tmp_path)
 
 
@@ -281,3 +282,26 @@ def test_a_bad_chat_row_names_file_line_and_the_format(tmp_path, bad, message):
 def test_a_missing_chat_file_names_the_format(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist.*docs/your_data.md"):
         data.read_chat_rows(tmp_path / "nowhere.jsonl")
+
+
+@pytest.mark.parametrize("text, task, named", [
+    (_sql_row(db_id="nowhere") + "\n", "sql", "line 1: field 'db_id' is 'nowhere', not one of the course's databases"),
+    (json.dumps({"task": "json", "question": "q", "answer": "not json"}) + "\n", "json", "line 1: field 'answer' is not a JSON object"),
+    (json.dumps({"task": "json", "question": "q", "answer": "{}"}) + "\n", "json", "line 1: field 'answer' is not a JSON object"),
+    ("[" * 100_000 + "]" * 100_000 + "\n", "sql", "line 1: JSON nested too deeply"),
+], ids=["unknown db_id", "answer not JSON", "empty JSON answer", "deep nesting"])
+def test_rows_that_would_break_scoring_are_refused_on_load(tmp_path, text, task, named):
+    """Each used to load and then fail in evaluation with no file or line (KeyError, JSONDecodeError,
+    ZeroDivisionError, RecursionError)."""
+    path = _write(tmp_path, text, task=task)
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ", " + named):
+        data.load_examples(task, "train", data_dir=tmp_path)
+
+
+def test_limit_is_a_whole_number_of_rows():
+    assert len(data.load_examples("sql", "test", limit=3)) == 3
+    assert len(data.load_examples("sql", "test", limit=np.int64(2))) == 2
+    assert data.load_examples("sql", "test", limit=0) == []
+    for bad in (-1, "5", 2.5, True):  # -1 used to drop the last row silently; "5" raised a TypeError
+        with pytest.raises(ValueError, match="limit must be"):
+            data.load_examples("sql", "test", limit=bad)

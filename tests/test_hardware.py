@@ -2,6 +2,8 @@
 
 from types import SimpleNamespace
 
+import numpy as np
+import pytest
 import torch
 
 from course_utils.hardware import HardwareProfile, detect, profile_from_cuda_properties
@@ -67,3 +69,14 @@ def test_lesson_plan_promises_the_7b_exactly_where_the_capstone_plan_fits():
         assert capstone.startswith("the tiny SmolLM2-135M") == (not fits), (name, capstone)
     assert dict(lesson_plan(cards["12 GB Ampere"]))["10 capstone"].startswith("Qwen2.5-7B")  # under 14 GiB, bf16: fits
     assert dict(lesson_plan(cards["8 GB Turing"]))["10 capstone"].startswith("the tiny")
+
+
+@pytest.mark.parametrize("field, value", [("memory_gib", "16"), ("memory_gib", -5), ("memory_gib", float("nan")),
+                                          ("memory_gib", True), ("kind", "tpu"), ("cpu_count", 0), ("cpu_count", 2.5)])
+def test_a_profile_refuses_values_it_cannot_plan_with(field, value):
+    """memory_gib="16" used to build a 2 GiB string in plan.verdict before failing; -5 was accepted; NaN failed
+    with "cannot convert float NaN to integer"."""
+    values = dict(kind="cuda", name="test", memory_gib=15.0, cpu_count=2) | {field: value}
+    with pytest.raises(ValueError, match=field):
+        HardwareProfile(**values)
+    assert HardwareProfile(kind="cuda", name="test", memory_gib=np.float64(15.0), cpu_count=np.int64(2)).memory_gib == 15.0

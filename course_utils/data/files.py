@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 from pathlib import Path
 from typing import Callable
 
@@ -61,6 +62,8 @@ def read_jsonl(path: Path, required: tuple[str, ...] = (), fix: str = _FIX,
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}, line {number}: not valid JSON ({exc.msg}). {fix}") from None
+        except RecursionError:
+            raise ValueError(f"{path}, line {number}: JSON nested too deeply to read. {fix}") from None
         if not isinstance(row, dict):
             raise ValueError(f"{path}, line {number}: a JSON {type(row).__name__}, not a JSON object "
                              f"({{\"field\": value, ...}}). {fix}")
@@ -109,20 +112,46 @@ def write_jsonl(rows: list[dict], path: Path) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _check_task(rows: list[dict], task: str, path: Path) -> list[dict]:
-    for number, row in enumerate(rows, start=1):
+def row_checker(task: str) -> Callable[[dict], str | None]:
+    """What makes a row of `task` unscorable, said before any lesson reads it (`read_jsonl`'s `check_row`):
+    another task's row, an SQL row on a database the course does not have, a JSON answer that is not a JSON
+    object with fields (score_json compares the answer's fields one by one)."""
+    from .databases import DATABASE_BY_ID
+    from .schemas import transfer_database_ids
+
+    known = set(DATABASE_BY_ID) | set(transfer_database_ids()) if task == "sql" else set()
+
+    def check(row: dict) -> str | None:
         if row["task"] != task:
-            raise ValueError(f"{path}, row {number}: field 'task' is {row['task']!r}, expected {task!r}. {_FIX}")
-    return rows
+            return f"field 'task' is {row['task']!r}, expected {task!r}"
+        if task == "sql" and row["db_id"] not in known:
+            return (f"field 'db_id' is {row['db_id']!r}, not one of the course's databases "
+                    f"({', '.join(sorted(known)[:3])}, ...)")
+        if task == "json":
+            try:
+                answer = json.loads(row["answer"])
+            except (ValueError, RecursionError):
+                answer = None
+            if not isinstance(answer, dict) or not answer:
+                return "field 'answer' is not a JSON object with at least one field (the answer is scored field by field)"
+        return None
+
+    return check
 
 
 def load_examples(task: str = "sql", split: str = "train", limit: int | None = None,
                   data_dir: Path | None = None) -> list[dict]:
-    """Examples of one split as dicts (question, answer, and task-specific fields)."""
+    """Examples of one split as dicts (question, answer, and task-specific fields); the first `limit` if given."""
+    if limit is not None:
+        if isinstance(limit, bool) or not hasattr(limit, "__index__"):
+            raise ValueError(f"limit must be a whole number of rows (or None for all), got {limit!r}.")
+        if operator.index(limit) < 0:
+            raise ValueError(f"limit must be 0 or more rows (or None for all), got {limit!r}.")
+        limit = operator.index(limit)
     path = data_path(task, split, data_dir)
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; regenerate the data with `python -m course_utils.data`.")
-    rows = _check_task(read_jsonl(path, REQUIRED_FIELDS[task]), task, path)
+    rows = read_jsonl(path, REQUIRED_FIELDS[task], check_row=row_checker(task))
     return rows[:limit] if limit is not None else rows
 
 
@@ -138,7 +167,7 @@ def load_transfer_examples(data_dir: Path | None = None) -> list[dict]:
     `schema_text`, refreshed by `python -m course_utils.data`.
     """
     path = transfer_path(data_dir)
-    return _check_task(read_jsonl(path, REQUIRED_FIELDS["sql"] + ("group",)), "sql", path)
+    return read_jsonl(path, REQUIRED_FIELDS["sql"] + ("group",), check_row=row_checker("sql"))
 
 
 def refresh_transfer_schemas(data_dir: Path | None = None) -> int:
