@@ -75,38 +75,46 @@ class EvalReport:
 # regex backtracked quadratically: a fence and 100,000 spaces took 10 s).
 _OPENING = re.compile(r"`{3,}|~{3,}")
 _INFO_STRING = re.compile(r"[ \t]*([A-Za-z][\w+.-]*)?[ \t]*")  # ```sql, ```sqlite, ```SQL: a language name
-_SQL_START = re.compile(r"(?:select|with)\b", flags=re.I)
+_SQL_START = re.compile(r"(?:select|with)\b", flags=re.I)  # a query's first word (after a fence)
+# A query's start in free text, where "With" may open a sentence: SELECT, or WITH name [(columns)] AS (.
+_QUERY_START = re.compile(r"select\b|with\s+(?:recursive\s+)?\w+\s*(?:\([^()]*\)\s*)?as\s*\(", flags=re.I)
 _INLINE_CODE = re.compile(r"`([^`\n]+)`")
 
 
 def extract_sql(text: str) -> str:
     """The query inside a model's answer; the whole text when it is not wrapped.
 
-    Takes the first fenced block (``` or ~~~, three or more, with or without a
-    language name, on its own line or on the fence's: ```sql SELECT ...```, up to
-    a closing fence of the same kind or the end of the text, since an answer cut
-    off by max_new_tokens has none); the text before a lone closing fence (a
-    query, then ```); else the first inline code span that starts with SELECT or
-    WITH. Line ends are normalised first (CRLF). Linear time in the text's length.
+    Takes the query before a first fence when the text starts with one (a query,
+    then a lone ```); else the first fenced block (``` or ~~~, three or more, with
+    or without a language name, on its own line or on the fence's: ```sql
+    SELECT ...```, up to a closing fence of the same kind or the end of the text,
+    since an answer cut off by max_new_tokens has none); without a fence, the
+    text if it starts with SELECT or WITH, else the first inline code span that
+    holds a query. Line ends are normalised first (CRLF). Linear time in the
+    text's length.
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
     opening = _OPENING.search(text)
     if opening is None:
-        for span in _INLINE_CODE.finditer(text):
-            if _SQL_START.match(span.group(1).strip()):
-                return span.group(1).strip()
+        if _QUERY_START.match(text):
+            return text
+        for span in _INLINE_CODE.finditer(text):  # a query in inline code, not a keyword named in prose
+            code = span.group(1).strip()
+            if _QUERY_START.match(code) and len(code.split()) > 1:
+                return code
         return text
+    before = text[:opening.start()].strip()
+    if _QUERY_START.match(before):  # SELECT ...\n``` (then perhaps prose): a query closed by a lone fence
+        return before
     fence = opening.group(0)
     start = opening.end()
     info = _INFO_STRING.match(text, start)
     if info.group(1) and not _SQL_START.match(info.group(1)):  # a language name, not the query's first word
         start = info.end()
     end = text.find(fence[0] * len(fence), start)  # the closing fence: the same character, at least as long
-    code = text[start:] if end < 0 else text[start:end]
-    code = code.strip()
-    if not code and opening.start() > 0:  # SELECT ...\n``` : the fence closes a query that had no opening one
-        return text[:opening.start()].strip()
-    return code
+    if end < 0 and len(fence) > 3:  # opened with four, closed with three: taken as closed
+        end = text.find(fence[0] * 3, start)
+    return (text[start:] if end < 0 else text[start:end]).strip()
 
 
 _SANDBOX = SqlSandbox()  # one worker process, started on the first query

@@ -57,9 +57,13 @@ UNSUPPORTED = {
     "use_bdlora": "BD-LoRA's block-diagonal A or B",
     "alora_invocation_tokens": "activated LoRA applies the update only after its invocation tokens",
 }
-# Initialisations that change the base weights the adapter trains on (or start B A as a correction of them):
-# merging into the original checkpoint would count part of the update twice.
-BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq")
+# Initialisations a merge into the original checkpoint gets right: B A starts at zero (or, "orthogonal", as a
+# product the trained adapter still holds) and the base weights stay as they were. The others (PiSSA, OLoRA,
+# CorDA, LoftQ, LoRA-GA, ASTRA, MiCA...) change the base weights or correct them: merging would count part of
+# the update twice, so they are refused.
+MERGEABLE_INITS = {"true", "false", "gaussian", "eva", "orthogonal", "nora"}
+# Settings of variants whose update is not B A (refused when set).
+VARIANT_CONFIGS = ("kasa_config", "monteclora_config", "arrow_config", "velora_config", "megatron_config")
 
 
 def _lora_scaling(config: dict) -> float:
@@ -74,9 +78,10 @@ def _refuse_unsupported(folder: Path, config: dict) -> None:
         reasons.insert(0, f"peft_type {config.get('peft_type')!r} (not LoRA)")
     if config.get("bias", "none") != "none":
         reasons.append(f"bias={config['bias']!r} (the adapter trains the base's biases too)")
-    init = str(config.get("init_lora_weights", True)).lower()
-    if init.startswith(BASE_CHANGING_INITS):
-        reasons.append(f"init_lora_weights={config['init_lora_weights']!r} (trained on changed base weights)")
+    if str(config.get("init_lora_weights", True)).lower() not in MERGEABLE_INITS:
+        reasons.append(f"init_lora_weights={config['init_lora_weights']!r} (an initialisation that changes or "
+                       "corrects the base weights)")
+    reasons += [f"{key} (another update than B A)" for key in VARIANT_CONFIGS if config.get(key)]
     if not isinstance(config.get("r"), int) or not isinstance(config.get("lora_alpha"), (int, float)):
         reasons.append(f"r={config.get('r')!r}, lora_alpha={config.get('lora_alpha')!r} (need numbers)")
     if reasons:
@@ -118,6 +123,11 @@ def read_adapter(adapter_dir: str | os.PathLike) -> tuple[dict[str, tuple[torch.
     if embeddings:
         raise ValueError(f"{folder / ADAPTER_WEIGHTS} holds LoRA on embeddings ({embeddings[0]}, ...), which a "
                          "shard-wise merge does not handle: merge it with PeftModel.merge_and_unload().")
+    others = sorted(k for k in tensors if not k.endswith((".lora_A.weight", ".lora_B.weight")))
+    if others:  # a DoRA magnitude, a bias, a variant's extra tensor: not part of W + s B A
+        raise ValueError(f"{folder / ADAPTER_WEIGHTS} holds {len(others)} tensors that are not LoRA's A or B "
+                         f"({others[0]}, ...), which a shard-wise merge does not handle: merge it with "
+                         "PeftModel.merge_and_unload().")
     pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for key, a in tensors.items():
         if ".lora_A." not in key:
@@ -168,6 +178,9 @@ def _check_output(output: Path, base: Path, adapter: Path) -> None:
             where = "is" if out == inside else "contains" if out in inside.parents else "is inside"
             raise ValueError(f"output_dir {output} {where} {role} {folder}: the merge writes a new folder; choose one "
                              f"outside both inputs, e.g. {base.parent / (base.name + '-merged')}.")
+    if output.is_symlink():
+        raise ValueError(f"output_dir {output} is a link: give the folder it points to ({out}), so that the merge "
+                         "lands there and the link is not replaced.")
     if output.exists() and not output.is_dir():
         raise ValueError(f"output_dir {output} is a file: choose a folder name for the merged model.")
     if output.is_dir() and not (output / MERGE_MARKER).is_file():
@@ -178,14 +191,61 @@ def _check_output(output: Path, base: Path, adapter: Path) -> None:
                              "a new or empty folder, or move that one away yourself.")
 
 
+def _added_since_merge(output: Path) -> list[Path]:
+    """What was put into an earlier merge's output after it was written (a tokenizer, notes, an export)."""
+    if not (output / MERGE_MARKER).is_file():
+        return sorted(output.iterdir())
+    try:
+        written = set(json.loads((output / MERGE_MARKER).read_text())["files"])
+    except (ValueError, KeyError, TypeError):  # a marker without its list: nothing known to be added
+        return []
+    return sorted(p for p in output.iterdir() if p.name not in written | {MERGE_MARKER})
+
+
+def _carry_added(old: Path, new: Path) -> None:
+    """Move what was added to the earlier output `old` since its merge into the new output `new`, where it
+    replaces a merge file of the same name; the new marker then no longer lists that name as the merge's."""
+    added = _added_since_merge(old)
+    for entry in added:
+        target = new / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        entry.rename(target)
+    if added and (new / MERGE_MARKER).is_file():
+        marker = json.loads((new / MERGE_MARKER).read_text())
+        marker["files"] = sorted(set(marker.get("files", [])) - {e.name for e in added})
+        (new / MERGE_MARKER).write_text(json.dumps(marker, indent=1))
+
+
+def _recover_siblings(output: Path) -> None:
+    """Tidy what a merge killed mid-way (SIGKILL, out of memory) left beside `output`: a half-written
+    `.NAME.merging-*` folder (only the merge's own files) is removed; an earlier output moved aside into
+    `.NAME.replaced-*` is put back if `output` is missing, else what was added to it is carried into
+    `output` before it is removed."""
+    for stale in output.parent.glob(f".{output.name}.merging-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for aside in output.parent.glob(f".{output.name}.replaced-*"):
+        if (aside / output.name).is_dir():
+            if not output.exists():
+                (aside / output.name).rename(output)
+            elif (output / MERGE_MARKER).is_file():
+                _carry_added(aside / output.name, output)
+            else:
+                continue  # not ours to decide: left for the learner
+        shutil.rmtree(aside, ignore_errors=True)
+
+
 def merge_adapter_shardwise(base_dir: str | os.PathLike, adapter_dir: str | os.PathLike,
                             output_dir: str | os.PathLike, progress: bool = True) -> MergeReport:
     """Write base + adapter as a merged checkpoint in `output_dir`, one shard in memory at a time.
 
-    Nothing is lost: `output_dir` must be new, empty or an earlier merge's output (its `MERGE_MARKER`),
-    and must not hold or sit in either input. The merge is written into a hidden sibling folder that
-    replaces `output_dir` only once complete, so an interrupted merge leaves the old output (or none)
-    and no partial folder behind.
+    Nothing is lost: `output_dir` must be new, empty or an earlier merge's output (its `MERGE_MARKER`
+    lists the files it wrote; anything added to it since, such as a saved tokenizer or an export, is
+    carried into the new output), and must not be a link or hold or sit in either input. The merge is
+    written into a hidden sibling folder that replaces `output_dir` only once complete; an error removes
+    it and keeps the earlier output, and the next merge tidies what a killed one left beside `output_dir`.
     """
     import tempfile
 
@@ -193,11 +253,16 @@ def merge_adapter_shardwise(base_dir: str | os.PathLike, adapter_dir: str | os.P
     from safetensors.torch import save_file
 
     base, output = Path(base_dir), Path(output_dir)
+    if output.parent.is_dir():
+        _recover_siblings(output)
     _check_output(output, base, Path(adapter_dir))
     pairs, scaling = read_adapter(adapter_dir)
     shards = base_shards(base)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.merging-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o777 & ~umask)  # mkdtemp's 0700 would keep the merged model from other users
     merged, largest, replaced = 0, 0, None
     try:
         for shard in tqdm(shards, desc="merging shards", disable=not progress):
@@ -227,18 +292,22 @@ def merge_adapter_shardwise(base_dir: str | os.PathLike, adapter_dir: str | os.P
         for extra in base.iterdir():  # config, index, tokenizer, generation config: copied as they are
             if extra.is_file() and not extra.name.endswith(".safetensors"):
                 shutil.copy2(extra, partial / extra.name)
-        (partial / MERGE_MARKER).write_text(json.dumps({"base_dir": str(base), "adapter_dir": str(adapter_dir),
-                                                        "merged_weights": merged, "scaling": scaling}, indent=1))
-        if output.exists():  # an earlier merge's output (checked above): moved aside, then removed
+        (partial / MERGE_MARKER).write_text(json.dumps({
+            "base_dir": str(base), "adapter_dir": str(adapter_dir), "merged_weights": merged, "scaling": scaling,
+            "files": sorted(p.name for p in partial.iterdir())}, indent=1))
+        if output.exists():  # checked again: the merge took minutes, and the folder may have changed meanwhile
+            _check_output(output, base, Path(adapter_dir))
             replaced = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.replaced-"))
             output.rename(replaced / output.name)
         partial.rename(output)  # atomic: an interrupted merge never looks complete
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
-        if replaced is not None and not output.exists():  # put the earlier merge back
-            (replaced / output.name).rename(output)
+        if replaced is not None:
+            if not output.exists() and (replaced / output.name).is_dir():  # put the earlier merge back
+                (replaced / output.name).rename(output)
             shutil.rmtree(replaced, ignore_errors=True)
         raise
-    if replaced is not None:
+    if replaced is not None:  # what the learner added to the earlier output since its merge is kept
+        _carry_added(replaced / output.name, output)  # (an error here leaves it aside: the next merge carries it)
         shutil.rmtree(replaced, ignore_errors=True)
     return MergeReport(shards=len(shards), merged_weights=merged, largest_shard_bytes=largest, output=output)

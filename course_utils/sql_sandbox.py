@@ -309,8 +309,9 @@ class SqlSandbox:
         with self._lock:
             if self._process is not None and self._owner != os.getpid():
                 self._process = None  # inherited through fork: that worker belongs to the parent process
-            # A worker that died before this query (killed, out of memory) is not the query's fault: the query
-            # is sent once more to a fresh worker, and only a query that also ends that one is blamed.
+            # A worker that died before this query (killed, out of memory, its death not yet seen) refuses the
+            # query at the pipe: that is not the query's fault, so it goes once more to a fresh worker. A worker
+            # that took the query and then died was ended by it: that is not retried.
             for attempt in (1, 2):
                 if self._process is None or self._process.poll() is not None:
                     self._start()
@@ -327,8 +328,6 @@ class SqlSandbox:
                     return None, f"timeout: over {time_limit_s} s"
                 if reply is None:
                     self.close()
-                    if attempt == 1:
-                        continue
                     return None, "error: the query crashed the SQL sandbox; it restarts for the next query"
                 kind, payload = reply
                 return (payload, "") if kind == "ok" else (None, payload)

@@ -106,6 +106,9 @@ def test_json_field_accuracy_on_gold_answers_is_perfect():
     f"~~~sql\n{GOLD}\n~~~",  # Markdown's other fence
     f"````sql\n{GOLD}\n````",  # a four-backtick fence
     f"The query is `{GOLD}`.",  # inline code
+    f"{GOLD}\n```\n\nThis lists the well-paid employees.",  # a lone closing fence, then prose
+    f"````sql\n{GOLD}\n```",  # opened with four backticks, closed with three
+    f"With this query:\n```sql\n{GOLD}\n```",  # prose that starts with "With" is not a CTE
 ])
 def test_every_usual_code_fence_is_accepted(answer):
     assert score_sql(answer, GOLD, "company") == (True, "match"), extract_sql(answer)

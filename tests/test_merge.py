@@ -146,7 +146,9 @@ def test_each_supported_setting_equals_peft_merge(tmp_path, lora):
     ({"use_dora": True}, "use_dora"),
     ({"bias": "lora_only"}, "bias="),
     ({"target_modules": ["embed_tokens", "q_proj"]}, "LoRA on embeddings"),
-], ids=["alpha_pattern", "rank_pattern", "dora", "bias", "embeddings"])
+    ({"init_lora_weights": "pissa"}, "init_lora_weights='pissa'"),
+    ({"init_lora_weights": "olora"}, "init_lora_weights='olora'"),
+], ids=["alpha_pattern", "rank_pattern", "dora", "bias", "embeddings", "pissa", "olora"])
 def test_settings_a_shardwise_merge_would_get_wrong_are_refused_by_name(tmp_path, lora, named):
     """Measured before this refusal, against merge_and_unload: alpha_pattern 13.8, rank_pattern 3.9 and
     embeddings 7.3 apart on the tiny model, without an error."""
@@ -173,9 +175,32 @@ def test_an_output_folder_that_would_lose_work_is_refused(tmp_path):
     (tmp_path / "merged").mkdir()
     first = merge_adapter_shardwise(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged", progress=False)
     (tmp_path / "merged" / "tokenizer.json").write_text("{}")  # what lesson 10 adds to its merged folder
+    (tmp_path / "merged" / "notes").mkdir()
+    (tmp_path / "merged" / "notes" / "model.gguf").write_text("an export")
     again = merge_adapter_shardwise(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged", progress=False)
     assert again.merged_weights == first.merged_weights and (tmp_path / "merged" / "course_merge.json").is_file()
-    assert not (tmp_path / "merged" / "tokenizer.json").exists() and not _hidden_leftovers(tmp_path)
+    assert (tmp_path / "merged" / "tokenizer.json").read_text() == "{}"  # what was added since is kept
+    assert (tmp_path / "merged" / "notes" / "model.gguf").read_text() == "an export"
+    assert not _hidden_leftovers(tmp_path)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "merged", target_is_directory=True)
+    with pytest.raises(ValueError, match="is a link"):
+        merge_adapter_shardwise(tmp_path / "base", tmp_path / "adapter", link, progress=False)
+
+
+def test_what_a_killed_merge_left_is_tidied_and_the_earlier_output_restored(tmp_path):
+    _mini_checkpoint_and_adapter(tmp_path)
+    merge_adapter_shardwise(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged", progress=False)
+    # killed between moving the earlier output aside and renaming the new one in, with a half-written merge
+    aside = tmp_path / ".merged.replaced-x1"
+    aside.mkdir()
+    (tmp_path / "merged").rename(aside / "merged")
+    (aside / "merged" / "my_notes.txt").write_text("kept")  # added by the learner to the earlier output
+    (tmp_path / ".merged.merging-x2").mkdir()
+    (tmp_path / ".merged.merging-x2" / "model-00001-of-00002.safetensors").write_bytes(b"half")
+    merge_adapter_shardwise(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged", progress=False)
+    assert (tmp_path / "merged" / "course_merge.json").is_file() and not _hidden_leftovers(tmp_path)
+    assert (tmp_path / "merged" / "my_notes.txt").read_text() == "kept"  # the earlier output came back first
 
 
 def _damage(folder, how):
@@ -212,3 +237,17 @@ def test_a_damaged_or_foreign_adapter_is_refused_with_its_file_and_nothing_is_le
         merge_adapter_shardwise(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged", progress=False)
     assert {p.name: p.read_bytes() for p in (tmp_path / "merged").iterdir()} == before  # the earlier merge kept
     assert not _hidden_leftovers(tmp_path)
+
+
+def test_an_adapter_with_tensors_other_than_a_and_b_is_refused(tmp_path):
+    """A variant PEFT adds tomorrow (a magnitude, a diagonal, a bias) brings tensors a shard-wise merge would
+    ignore: refused by their names, whatever the config says."""
+    from safetensors.torch import save_file
+
+    _mini_checkpoint_and_adapter(tmp_path)
+    weights = tmp_path / "adapter" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    key = next(k for k in tensors if k.endswith(".lora_A.weight"))
+    save_file(tensors | {key.replace(".lora_A.weight", ".lora_diag"): torch.ones(4)}, weights)
+    with pytest.raises(ValueError, match="not LoRA's A or B .*lora_diag"):
+        merge_adapter_shardwise(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged", progress=False)

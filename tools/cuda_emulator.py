@@ -45,8 +45,8 @@ runner to inject.
 Not emulated: separate GPU memory (an emulated tensor's memory is host memory), asynchronous
 execution (synchronize() is a no-op, so missing synchronize() calls do not show), CUDA kernels and
 their numerics (every op runs the CPU kernel; 16-bit matrix products and attention on the device run as
-CUDA's do, fp32 products of the 16-bit values rounded to 16 bits once, in the CPU's summation order, which
-is also several times faster than the CPU's fp16 kernels), `torch.save` of an
+fp32 products of the 16-bit values rounded to 16 bits once, closer to a GPU's than the CPU's fp16 kernels
+and several times faster: `_half_product` says what still differs), `torch.save` of an
 emulated tensor (it is saved as a CPU tensor), `torch.device("cuda")` as a context manager /
 `torch.set_default_device("cuda")`, and C++ code that asks the tensor's device (it says cpu).
 """
@@ -295,10 +295,14 @@ INDEX_MESSAGE = "indices should be either on cpu or on the same device as the in
 _JOINS = {torch.cat, torch.concat, torch.concatenate, torch.stack, torch.hstack, torch.vstack, torch.dstack}
 
 
-# Matrix products as a GPU computes them in 16 bits: cuBLAS (and flash attention) multiply 16-bit inputs and
-# accumulate in fp32, rounding the result to 16 bits once. The CPU's own fp16 kernels are 3-8x slower than its
-# fp32 ones (no fp16 arithmetic without AVX512-FP16), so the emulator widens the inputs to fp32, runs the fp32
-# kernel and rounds the result: CUDA's numerics up to summation order, at the CPU's fp32 speed.
+# Matrix products closer to a GPU's 16-bit ones: cuBLAS multiplies 16-bit inputs and accumulates in fp32 (by
+# default it may also reduce split sums in 16 bits; flash attention rounds its probabilities to 16 bits before
+# multiplying by V), rounding the result to 16 bits. The CPU's own fp16 kernels round otherwise and are 3-8x
+# slower than its fp32 ones (no fp16 arithmetic without AVX512-FP16), so the emulator widens the inputs to
+# fp32, runs the fp32 kernel and rounds the result once: a GPU's numerics up to those details and the
+# summation order, at the CPU's fp32 speed. Forward products only where an input is on the emulated device
+# (the backward of bitsandbytes' 4-bit layer, whose gradients reach it as CPU tensors, keeps the CPU's kernels).
+# The fp32 copies autograd saves are not counted by the emulated memory queries.
 _GEMMS = {torch.nn.functional.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm,
           torch.Tensor.mm, torch.bmm, torch.Tensor.bmm, torch.addmm, torch.Tensor.addmm, torch.baddbmm,
           torch.Tensor.baddbmm}
@@ -307,6 +311,8 @@ _HALF = (torch.float16, torch.bfloat16)
 
 
 def _is_gemm_4bit(func) -> bool:
+    if type(func).__name__ != "OpOverload":  # cheap: most calls are plain torch functions
+        return False
     try:
         return func is torch.ops.bitsandbytes.gemm_4bit.default
     except (AttributeError, RuntimeError):  # bitsandbytes not imported: no such op
@@ -345,13 +351,13 @@ def _half_product(func, args: tuple, kwargs: dict):
     cast them (a GEMM under autocast: its inputs rounded to the autocast dtype first, as autocast does;
     attention is left to CPU autocast, which may keep it in fp32).
     """
-    if _is_gemm_4bit(func):
-        return _half_gemm_4bit(args, kwargs)
-    if (func not in _GEMMS and func not in _ATTENTION) or "out" in kwargs:
+    if func not in _GEMMS and func not in _ATTENTION:
+        return _half_gemm_4bit(args, kwargs) if _is_gemm_4bit(func) else None
+    if "out" in kwargs:
         return None
     flat, _ = tree_flatten((args, kwargs))
     floats = [t for t in flat if isinstance(t, torch.Tensor) and t.is_floating_point()]
-    if not floats:
+    if not floats or any(t.dtype == torch.float64 for t in floats):  # autocast leaves fp64 alone: so do we
         return None
     if func in _GEMMS and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") in _HALF:
         dtype = torch.get_autocast_dtype("cpu")
