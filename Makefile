@@ -42,7 +42,7 @@ PARALLEL = -n $(JOBS) --dist loadfile
 # one: given a folder, pytest (8+) collects its files in name order.
 # The CUDA rehearsal (tools/rehearse_gpu.py, docs/measurements.md §3): lessons 00, 01, 03, 06, 07 and 08 with their
 # solutions again, on an emulated T4 (their GPU branches, at quick sizes), queued after the runs, lesson 08 first
-# (3.5 minutes of one AVX2 core).
+# (55 s of one core on the AVX-512 CI machine; docs/measurements.md §3).
 RUNS = build/executed/runs/notebooks
 REHEARSAL = build/rehearsal/T4/notebooks
 ORDER = 05 02 11 10 09 04 08 03 07 06 00 01
