@@ -58,6 +58,13 @@ class AdapterSettings:
     model_id: str = ""  # "" = the course's tiny model
 
     def __post_init__(self) -> None:
+        from .data.splits import TASKS
+
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}.")
+        if not isinstance(self.model_id, str):
+            raise ValueError(f"model_id must be a model name such as 'Qwen/Qwen2.5-7B-Instruct' ('' for the course's "
+                             f"tiny model), got {self.model_id!r}.")
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
             raise ValueError(f"r must be a positive integer (the rank of B A), got {self.r!r}; try r=8.")
         if (isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float))
@@ -72,11 +79,17 @@ class AdapterSettings:
         self.target_modules()
 
     def target_modules(self) -> list[str]:
+        """The module names LoRA goes on. Names the model lacks are refused by PEFT when the adapter is built
+        ("Target modules ... not found"), which knows the model; here only the shape of the setting is checked."""
         if isinstance(self.targets, str):
             if self.targets not in TARGET_SETS:
                 raise ValueError(f"Unknown target set {self.targets!r}; choose one of {sorted(TARGET_SETS)} "
                                  "or pass a tuple of module names.")
             return TARGET_SETS[self.targets]
+        if (not isinstance(self.targets, (tuple, list)) or not self.targets
+                or not all(isinstance(name, str) and name for name in self.targets)):
+            raise ValueError(f"targets must be one of {sorted(TARGET_SETS)} or a non-empty tuple of module names "
+                             f"such as ('q_proj', 'v_proj'), got {self.targets!r}.")
         return list(self.targets)
 
     def train_config(self, **overrides) -> TrainConfig:

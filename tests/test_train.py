@@ -182,6 +182,9 @@ def test_too_long_example_is_an_error(tokenizer, examples):
     (dict(lora_alpha=0), "finite positive"), (dict(lora_alpha=float("nan")), "finite positive"),
     (dict(lora_alpha=float("inf")), "finite positive"), (dict(steps=0), "positive integer"),
     (dict(learning_rate=float("inf")), "finite number"), (dict(quantization="nf5"), "quantization"),
+    (dict(task="xml"), "task must be one of"), (dict(model_id=42), "model_id must be a model name"),
+    (dict(targets=()), "non-empty tuple of module names"), (dict(targets=None), "targets must be"),
+    (dict(targets=5), "targets must be"), (dict(targets=("q_proj", "")), "non-empty tuple"),
 ])
 def test_bad_adapter_settings_are_refused_up_front(changes, message):
     with pytest.raises(ValueError, match=message):
