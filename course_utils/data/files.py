@@ -143,15 +143,11 @@ def load_examples(task: str = "sql", split: str = "train", limit: int | None = N
                   data_dir: Path | None = None) -> list[dict]:
     """Examples of one split as dicts (question, answer, and task-specific fields); the first `limit` if given."""
     if limit is not None:
-        if isinstance(limit, bool) or not hasattr(limit, "__index__"):
-            raise ValueError(f"limit must be a whole number of rows (or None for all), got {limit!r}.")
-        if operator.index(limit) < 0:
-            raise ValueError(f"limit must be 0 or more rows (or None for all), got {limit!r}.")
+        if isinstance(limit, bool) or not hasattr(limit, "__index__") or operator.index(limit) < 0:
+            raise ValueError(f"limit must be a whole number of rows, 0 or more (or None for all), got {limit!r}.")
         limit = operator.index(limit)
-    path = data_path(task, split, data_dir)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; regenerate the data with `python -m course_utils.data`.")
-    rows = read_jsonl(path, REQUIRED_FIELDS[task], check_row=row_checker(task))
+    # A missing file is read_jsonl's error: its full path and the fix (regenerate the data).
+    rows = read_jsonl(data_path(task, split, data_dir), REQUIRED_FIELDS[task], check_row=row_checker(task))
     return rows[:limit] if limit is not None else rows
 
 
