@@ -15,17 +15,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .answers import answer_token_losses, evaluate_model
-from .cache import cache_dir, exclusive, settings_key, write_text_atomic
+from .cache import (cache_dir, computed_once, exclusive, file_damage, fsync_tree, replace_durably, settings_key,
+                    write_text_atomic)
 from .data import load_examples
 from .evaluate import EvalReport
 from .hardware import detect, HardwareProfile
-from .train import set_seed, TrainConfig
+from .merge import ADAPTER_WEIGHTS as ADAPTER_FILE  # PEFT's file name; in a cache folder it marks a finished run
+from .train import FolderRefused, set_seed, TrainConfig
 
 
 # ---------------------------------------------------------------------------
@@ -65,17 +68,24 @@ class AdapterSettings:
         if not isinstance(self.model_id, str):
             raise ValueError(f"model_id must be a model name such as 'Qwen/Qwen2.5-7B-Instruct' ('' for the course's "
                              f"tiny model), got {self.model_id!r}.")
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+        if isinstance(self.r, bool) or not isinstance(self.r, numbers.Integral) or self.r <= 0:
             raise ValueError(f"r must be a positive integer (the rank of B A), got {self.r!r}; try r=8.")
-        if (isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float))
+        if (isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, numbers.Real)
                 or not math.isfinite(self.lora_alpha) or self.lora_alpha <= 0):
             raise ValueError(f"lora_alpha must be a finite positive number, got {self.lora_alpha!r}; "
                              "the course uses lora_alpha=16 with r=8.")
-        if not 0.0 <= self.lora_dropout < 1.0:
+        if (isinstance(self.lora_dropout, bool) or not isinstance(self.lora_dropout, numbers.Real)
+                or not 0.0 <= self.lora_dropout < 1.0):
             raise ValueError(f"lora_dropout is a probability in [0, 1), got {self.lora_dropout!r}.")
         if self.quantization not in (None, "int8", "fp4", "nf4"):
             raise ValueError(f"quantization must be None, 'int8', 'fp4' or 'nf4', got {self.quantization!r}.")
-        self.train_config()  # steps, batch size, learning rate and seed are checked where they are used
+        config = self.train_config()  # steps, batch size, learning rate and seed are checked where they are used
+        # NumPy numbers become Python ones, so equal settings name one cache folder (the key is their JSON).
+        alpha = int(self.lora_alpha) if isinstance(self.lora_alpha, numbers.Integral) else float(self.lora_alpha)
+        for name, value in (("r", int(self.r)), ("lora_alpha", alpha), ("lora_dropout", float(self.lora_dropout)),
+                            ("steps", config.steps), ("batch_size", config.batch_size),
+                            ("learning_rate", config.learning_rate), ("seed", config.seed)):
+            object.__setattr__(self, name, value)
         self.target_modules()
 
     def target_modules(self) -> list[str]:
@@ -145,8 +155,12 @@ def train_lora_adapter(settings: AdapterSettings, profile: HardwareProfile | Non
     with exclusive(folder):
         if force and folder.exists():
             shutil.rmtree(folder)
-        if not (folder / "adapter_model.safetensors").exists():
+        if not (folder / ADAPTER_FILE).exists():
             _train_adapter_into(folder, settings, profile)
+        damage = file_damage(folder / ADAPTER_FILE)
+        if damage:  # written by a course version before the atomic write below, or a failing disk
+            raise ValueError(f"The cached adapter {folder / ADAPTER_FILE} {damage}: train it again with "
+                             "train_lora_adapter(settings, force=True), which replaces that folder.")
     return folder
 
 
@@ -195,12 +209,30 @@ def train_adapter(settings: AdapterSettings, profile: HardwareProfile, output_di
 
 
 def _train_adapter_into(folder: Path, settings: AdapterSettings, profile: HardwareProfile) -> None:
-    model, result = train_adapter(settings, profile, folder / "checkpoint")
+    """Train into `folder/checkpoint`, then make the result appear all at once.
+
+    The adapter, its config and the log are written to `folder/finished.partial`
+    and flushed to the disk; then each is renamed into `folder`, the adapter
+    file last. A kernel killed at any moment leaves either no adapter file
+    (the next call resumes from the checkpoint) or a whole one.
+    """
+    try:
+        model, result = train_adapter(settings, profile, folder / "checkpoint")
+    except FolderRefused as refused:  # the folder is the cache's, not one the learner chose
+        raise FolderRefused(f"{refused} This is the course cache's folder of these settings (left by an earlier "
+                            "version of the course, another base model or a damaged save): "
+                            "train_lora_adapter(settings, force=True) starts this adapter over.") from None
     log = {"settings": asdict(settings), "losses": result.losses, "validation_losses": result.validation_losses,
            "seconds": result.seconds, "tokens_per_second": result.tokens_per_second,
            "resumed_from": result.resumed_from, "device": profile.kind}
-    (folder / "train_log.json").write_text(json.dumps(log, indent=1))
-    model.save_pretrained(folder)  # last: the adapter file marks a finished run
+    finished = folder / "finished.partial"
+    shutil.rmtree(finished, ignore_errors=True)  # a killed call's half-written files
+    model.save_pretrained(finished)
+    write_text_atomic(finished / "train_log.json", json.dumps(log, indent=1))
+    fsync_tree(finished)
+    for path in sorted(finished.iterdir(), key=lambda p: p.name == ADAPTER_FILE):
+        replace_durably(path, folder / path.name)
+    finished.rmdir()
     shutil.rmtree(folder / "checkpoint", ignore_errors=True)
 
 
@@ -246,7 +278,7 @@ def adapter_example_losses(settings: AdapterSettings, split: str = "validation",
     Compare two adapters with `course_utils.compare.compare_runs`, which
     estimates the noise from these per-question values and from the seeds.
     """
-    from .compare import ExampleLosses
+    from .compare import cached_example_losses
     from .models import TINY_MODEL_ID, load_tokenizer
 
     profile = profile or detect()
@@ -256,10 +288,9 @@ def adapter_example_losses(settings: AdapterSettings, split: str = "validation",
     def score():
         examples = split_examples(settings.task, split, n)
         scored = model if model is not None else load_adapted_model(settings, profile)
-        return [list(values) for values in answer_token_losses(
-            scored, load_tokenizer(settings.model_id or TINY_MODEL_ID), examples)]
+        return answer_token_losses(scored, load_tokenizer(settings.model_id or TINY_MODEL_ID), examples)
 
-    return ExampleLosses.of(*computed_once(folder / f"losses-{split}-{n or 'all'}.json", score))
+    return cached_example_losses(folder / f"losses-{split}-{n or 'all'}.json", score)
 
 
 def seed_runs(name: str, profile: HardwareProfile | None = None, seeds: Sequence[int] = SEEDS, **change) -> list:
@@ -297,18 +328,6 @@ def split_examples(task: str, split: str, n: int | None = None) -> list[dict]:
     return evenly_spaced(load_examples(task, split), n)
 
 
-def computed_once(path: Path, compute):
-    """`compute()`'s JSON-able result, stored at `path` the first time and read back after.
-
-    Under a lock: a lesson and its solution running side by side (CI runs two
-    notebooks at once) compute it once; the second waits and reads the file.
-    """
-    with exclusive(path):
-        if not path.exists():
-            write_text_atomic(path, json.dumps(compute()))
-    return json.loads(path.read_text())
-
-
 def base_report(task: str = "sql", split: str = "test", n: int | None = None,
                 profile: HardwareProfile | None = None) -> EvalReport:
     """The untrained base model scored on `n` evenly spaced examples of `split`; cached by their content.
@@ -338,7 +357,7 @@ def base_example_losses(task: str = "sql", split: str = "validation", n: int | N
     run's validation curve (`train_adapter`; `whole_split_on_gpu=False` keeps `n`
     on a GPU too).
     """
-    from .compare import ExampleLosses
+    from .compare import cached_example_losses
     from .models import TINY_MODEL_ID, load_tokenizer
     from .qlora import load_format
 
@@ -347,10 +366,9 @@ def base_example_losses(task: str = "sql", split: str = "validation", n: int | N
     examples = split_examples(task, split, n)
     key = settings_key({"examples": examples, "model": TINY_MODEL_ID, "device": profile.kind,
                         "quantization": quantization, "double_quant": double_quant} | profile.result_key())
-    sums, counts = computed_once(cache_dir("base") / f"losses-{task}-{split}-{n or 'all'}-{key}.json", lambda: [
-        list(values) for values in answer_token_losses(load_format(quantization, double_quant, profile),
-                                                       load_tokenizer(), examples)])
-    return ExampleLosses.of(sums, counts)
+    return cached_example_losses(cache_dir("base") / f"losses-{task}-{split}-{n or 'all'}-{key}.json", lambda:
+                                 answer_token_losses(load_format(quantization, double_quant, profile),
+                                                     load_tokenizer(), examples))
 
 
 def load_adapted_model(settings: AdapterSettings, profile: HardwareProfile | None = None, base=None):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -74,9 +75,10 @@ class QLoRARecipe:
                             ("grad_accum", "1 means none"), ("seq_len", "e.g. 512"),
                             ("checkpoint_every", "e.g. 25"), ("eval_every", "e.g. 25"), ("eval_examples", "e.g. 64")):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r} ({usual}).")
-        if (isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float))
+            object.__setattr__(self, name, int(value))  # a NumPy integer too: the recipe's hash reads plain ints
+        if (isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, numbers.Real)
                 or not math.isfinite(self.lora_alpha) or self.lora_alpha <= 0):
             raise ValueError(f"lora_alpha must be a finite positive number, got {self.lora_alpha!r} "
                              "(the recipe uses 2 x rank).")

@@ -30,7 +30,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .cache import computed_once
 
 ALPHA = 0.05  # the level at which paired_accuracy calls a difference detected
 
@@ -60,6 +63,16 @@ class ExampleLosses:
     def subset(self, positions: Sequence[int]) -> "ExampleLosses":
         """The same model on some of the examples (one group of a split, say), in the order given."""
         return ExampleLosses.of([self.sums[i] for i in positions], [self.counts[i] for i in positions])
+
+
+def cached_example_losses(path: Path, compute: Callable[[], tuple[Sequence[float], Sequence[int]]]) -> ExampleLosses:
+    """Per-question answer losses, computed once and kept at `path`: every yardstick cache of the course.
+
+    `compute()` returns (sums, counts), as `answer_token_losses` does. The
+    file is written atomically under a lock (`course_utils.cache.computed_once`),
+    so two notebooks score once and a killed kernel leaves no half file.
+    """
+    return ExampleLosses.of(*computed_once(path, lambda: [list(values) for values in compute()]))
 
 
 def loss_difference(a: ExampleLosses, b: ExampleLosses) -> tuple[float, float]:

@@ -77,8 +77,14 @@ _OPENING = re.compile(r"`{3,}|~{3,}")
 _INFO_STRING = re.compile(r"[ \t]*([A-Za-z][\w+.-]*)?[ \t]*")  # ```sql, ```sqlite, ```SQL: a language name
 _SQL_START = re.compile(r"(?:select|with)\b", flags=re.I)  # a query's first word (after a fence)
 # A query's start in free text, where "With" may open a sentence: SELECT, or WITH name [(columns)] AS (.
-_QUERY_START = re.compile(r"select\b|with\s+(?:recursive\s+)?\w+\s*(?:\([^()]*\)\s*)?as\s*\(", flags=re.I)
+_QUERY_START = re.compile(r"select\b|with\s+(?:recursive\s+)?\w+\s*(?:\([^()]*\)\s*)?as\s*"
+                          r"(?:(?:not\s+)?materialized\s*)?\(", flags=re.I)
 _INLINE_CODE = re.compile(r"`([^`\n]+)`")
+_QUOTE_COMMENT_OR_END = re.compile(r"['\"`\[;]|--|/\*")
+_CLOSING = {"'": "'", '"': '"', "`": "`", "[": "]"}  # quotes and SQLite's quoted identifiers
+_OTHER_STATEMENT = re.compile(r"(?:--|/\*|(?:insert|update|delete|drop|create|alter|attach|detach|pragma|replace|vacuum"
+                              r"|begin|commit|rollback|end|explain|analyze|reindex|savepoint|release|values|select)\b)",
+                              flags=re.I)
 
 
 def extract_sql(text: str) -> str:
@@ -90,14 +96,15 @@ def extract_sql(text: str) -> str:
     SELECT ...```, up to a closing fence of the same kind or the end of the text,
     since an answer cut off by max_new_tokens has none); without a fence, the
     text if it starts with SELECT or WITH, else the first inline code span that
-    holds a query. Line ends are normalised first (CRLF). Linear time in the
-    text's length.
+    holds a query. A query that ends with `;` and is followed by prose ("SELECT
+    ...;\n\nThis lists ...") is taken up to that `;`. Line ends are normalised
+    first (CRLF). Linear time in the text's length.
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
     opening = _OPENING.search(text)
     if opening is None:
         if _QUERY_START.match(text):
-            return text
+            return _through_first_semicolon(text)
         for span in _INLINE_CODE.finditer(text):  # a query in inline code, not a keyword named in prose
             code = span.group(1).strip()
             if _QUERY_START.match(code) and len(code.split()) > 1:
@@ -115,6 +122,36 @@ def extract_sql(text: str) -> str:
     if end < 0 and len(fence) > 3:  # opened with four, closed with three: taken as closed
         end = text.find(fence[0] * 3, start)
     return (text[start:] if end < 0 else text[start:end]).strip()
+
+
+def _through_first_semicolon(text: str) -> str:
+    """`text` up to its first `;` outside quotes and comments, when more text follows; else `text`.
+
+    One pass over the text: quotes ('...', "...", `...`, [...]) and comments
+    (-- to the end of the line, /* ... */) are skipped, so a `;` inside them does not end the
+    query. What follows must read as prose: a second statement (or a comment)
+    keeps the whole text, which the sandbox refuses as more than one statement.
+    """
+    i = 0
+    while (found := _QUOTE_COMMENT_OR_END.search(text, i)) is not None:  # jumps between interesting places in C
+        token, i = found.group(0), found.start()
+        if token in _CLOSING:
+            end = text.find(_CLOSING[token], i + 1)  # SQL doubles a quote inside a string: '' closes and reopens
+            i = end + 1
+        elif token == "--":
+            end = text.find("\n", i)
+            i = end + 1
+        elif token == "/*":
+            end = text.find("*/", i + 2)
+            i = end + 2
+        else:  # ";"
+            rest = text[i + 1:].strip()
+            if not rest or _QUERY_START.match(rest) or _OTHER_STATEMENT.match(rest):
+                return text  # a second statement is the sandbox's to refuse, as a whole ("rejected: ...")
+            return text[:i + 1]
+        if end < 0:  # an unclosed quote or comment: no `;` ends the query
+            return text
+    return text
 
 
 _SANDBOX = SqlSandbox()  # one worker process, started on the first query

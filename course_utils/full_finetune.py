@@ -16,9 +16,9 @@ from typing import Sequence
 
 import torch
 
-from .adapters import VALIDATION_EXAMPLES, VALIDATION_POINTS, YARDSTICK_EXAMPLES, computed_once
+from .adapters import VALIDATION_EXAMPLES, VALIDATION_POINTS, YARDSTICK_EXAMPLES
 from .answers import answer_token_losses
-from .cache import cache_dir, exclusive, settings_key, write_text_atomic
+from .cache import cache_dir, exclusive, fsync_path, replace_durably, settings_key, write_text_atomic
 from .data import load_examples
 from .hardware import detect, HardwareProfile
 from .train import train, TrainConfig
@@ -128,7 +128,8 @@ def _train_full_finetune_into(folder: Path, settings: dict, profile: HardwarePro
     write_text_atomic(folder / "train_log.json", json.dumps(log, indent=1))
     partial = folder / (FULL_FINETUNE_FILE + ".partial")
     save_file(delta_w, partial)
-    partial.replace(folder / FULL_FINETUNE_FILE)  # last: its presence marks a finished run
+    fsync_path(partial)
+    replace_durably(partial, folder / FULL_FINETUNE_FILE)  # last: its presence marks a finished run
 
 
 def read_delta_w(folder: Path) -> dict[str, torch.Tensor]:
@@ -177,7 +178,7 @@ def full_finetune_example_losses(settings: dict, rank: int | None = None, split:
     full fine-tuning against LoRA. `model`, if given, must be the base model;
     it is left as it was.
     """
-    from .compare import ExampleLosses
+    from .compare import cached_example_losses
     from .data import evenly_spaced
     from .linalg import rank_k_approximation
     from .models import load_model, load_tokenizer
@@ -198,11 +199,11 @@ def full_finetune_example_losses(settings: dict, rank: int | None = None, split:
         previous = _add_delta_w(scored, delta_w)
         try:
             examples = evenly_spaced(load_examples(settings["task"], split), n)
-            return [list(values) for values in answer_token_losses(scored, load_tokenizer(settings["model"]), examples)]
+            return answer_token_losses(scored, load_tokenizer(settings["model"]), examples)
         finally:
             params = dict(scored.named_parameters())
             with torch.no_grad():
                 for name, value in previous.items():
                     params[name].copy_(value)
 
-    return ExampleLosses.of(*computed_once(cached, score))
+    return cached_example_losses(cached, score)

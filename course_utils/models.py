@@ -174,8 +174,24 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     return target
 
 
+def check_device(device: str | None, profile: HardwareProfile) -> None:
+    """Refuse a device this machine does not have, before anything is loaded (torch's own error is an assert)."""
+    if device is None:
+        return
+    kind = str(device).split(":")[0] if isinstance(device, (str, torch.device)) else None
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device must be 'cpu', 'cuda' (or 'cuda:N') or 'mps', or None for this machine's "
+                         f"({profile.device!r}), got {device!r}.")
+    if kind != "cpu" and kind != profile.device:
+        raise ValueError(f"device={device!r}, but this machine has no {kind.upper()} device (it computes on "
+                         f"{profile.device!r}): leave device=None to use what it has, or run on a machine with a GPU.")
+
+
 def resolve_model(model_id: str = TINY_MODEL_ID, local_dir: str | os.PathLike | None = None) -> ModelSource:
     """Find a loadable folder for `model_id` (see the module docstring for the order)."""
+    if not isinstance(model_id, str) or not model_id.strip():
+        raise ValueError(f"model_id must be a model name such as {TINY_MODEL_ID!r} (or a hub id such as "
+                         f"'Qwen/Qwen2.5-7B-Instruct'), got {model_id!r}; leave it out for the course's tiny model.")
     start = time.perf_counter()
     explicit = local_dir or (os.environ.get(MODEL_DIR_ENV) if model_id == TINY_MODEL_ID else None)
     if explicit:
@@ -290,6 +306,7 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     profile = profile or detect()
+    check_device(device, profile)
     source = resolve_model(model_id, local_dir)
     kwargs: dict = {"trust_remote_code": False, "dtype": dtype or profile.compute_dtype}
     if quantization is not None:

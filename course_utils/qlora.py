@@ -307,15 +307,14 @@ def cached_run_losses(key: dict, run: Callable[[], tuple[Sequence[float], Sequen
     differs) plus the training data's hash, and only its per-question losses
     are kept. `run` trains and scores, returning (sums, counts).
     """
-    from .adapters import computed_once
     from .cache import cache_dir, settings_key
-    from .compare import ExampleLosses
+    from .compare import cached_example_losses
     from .data import data_path
 
     task = key.get("task", "sql")
     data = hashlib.sha256(data_path(task, "train").read_bytes()).hexdigest()
     path = cache_dir("runs") / f"{settings_key(dict(key) | {'train_data': data})}.json"
-    return ExampleLosses.of(*computed_once(path, lambda: [list(values) for values in run()]))
+    return cached_example_losses(path, run)
 
 
 # --------------------------------------------------------------------------- paged optimizers and checkpointing

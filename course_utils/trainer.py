@@ -13,8 +13,10 @@ run on a rented GPU needs, and nothing else:
 - checkpoints every `checkpoint_every` steps (adapter, optimizer, scheduler,
   loss scaler, CPU and CUDA RNG, data position), flushed to disk (fsync) before
   the older of the two kept checkpoints is deleted;
-- a resume that refuses a folder holding a run with other settings, before any
-  weight is touched;
+- a resume that refuses a folder holding another run (any setting, adapter
+  setting, base model or precision that changes the computation; a course-loop
+  folder), before any weight is touched, and that skips a checkpoint a
+  disconnect cut off mid-save for the newest complete one;
 - a stop, before the update and before any checkpoint, when the loss is not finite;
 - the validation answer loss every `eval_every` steps, for validation curves.
 """
@@ -34,12 +36,17 @@ import torch
 from tqdm.auto import tqdm
 
 from .answers import answer_loss
+from .cache import file_damage, fsync_tree, replace_durably, write_text_atomic
 from .data import collate, training_features, trim_to_answers
 from .hardware import HardwareProfile, detect
-from .train import (TrainConfig, TrainResult, other_run_error, run_signature, signature_differences,
+from .train import (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, TRAINER_RUN_FILE, FolderRefused, TrainConfig,
+                    TrainResult, check_stop_after, other_run_error, run_signature, signature_differences,
                     undo_cpu_inference_packing)
 
-RUN_FILE = "course_run.json"  # the settings a checkpoint folder belongs to
+RUN_FILE = TRAINER_RUN_FILE  # the settings a checkpoint folder belongs to
+# What Trainer saves for a PEFT model / a plain one (safetensors, the old pickle format, or shards with an index).
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model.bin")
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 KEEP_CHECKPOINTS = 2
 TRAINER_OPTIMIZERS = {"adamw": "adamw_torch", "paged_adamw_8bit": "paged_adamw_8bit",
                       "adamw_8bit": "adamw_bnb_8bit", "sgd": "sgd"}
@@ -87,37 +94,98 @@ def planned_dtypes(profile: HardwareProfile) -> dict:
 
 def check_same_run(folder: Path, signature: dict) -> None:
     """Refuse a folder whose checkpoints belong to another run, before anything is loaded."""
+    if (folder / CHECKPOINT_FILE).exists() or (folder / PREVIOUS_CHECKPOINT_FILE).exists():
+        raise FolderRefused(f"{folder} holds a run of the course loop ({CHECKPOINT_FILE}, from course_utils.train.train), "
+                         "which transformers' Trainer cannot resume: resume it with course_utils.train.train, or "
+                         "give this run a fresh output folder.")
     path = folder / RUN_FILE
     if not path.exists():
         if checkpoints_in(folder):
-            raise ValueError(f"{folder} holds checkpoints but no {RUN_FILE}, so its settings are unknown: "
+            raise FolderRefused(f"{folder} holds checkpoints but no {RUN_FILE}, so its settings are unknown: "
                              "use a fresh output folder (or delete this one to start over).")
         return
     try:
         saved = json.loads(path.read_text())
         differences = signature_differences(saved, signature)
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"{path} is damaged ({type(exc).__name__}): delete {folder} to start the run over.") from None
+        raise FolderRefused(f"{path} is damaged ({type(exc).__name__}): delete {folder} to start the run over.") from None
     if differences:
         raise other_run_error(folder, differences)
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def checkpoints_in(folder: Path) -> list[Path]:
     """checkpoint-N folders, oldest first."""
     found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def checkpoint_problem(checkpoint: Path, needs_scaler: bool = False) -> str | None:
+    """Why a checkpoint-N folder cannot be resumed from (None: every file is there and whole).
+
+    transformers writes a checkpoint in place: the weights, optimizer.pt,
+    scheduler.pt, (scaler.pt with fp16), rng_state.pth, and trainer_state.json
+    last. A save cut off by a disconnect leaves some of them missing or short;
+    loading such a folder would change the weights and then fail.
+    """
+    state_file = checkpoint / "trainer_state.json"
+    if not state_file.is_file():
+        return "trainer_state.json is missing (it is written last: the save was cut off)"
+    try:
+        step = json.loads(state_file.read_text())["global_step"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        return "trainer_state.json is damaged"
+    if str(step) != checkpoint.name.split("-")[-1]:
+        return f"trainer_state.json is for step {step}"
+    weights = [checkpoint / name for name in WEIGHT_FILES if (checkpoint / name).is_file()]
+    for index in (checkpoint / name for name in WEIGHT_INDEXES):
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+                return f"{index.name} is damaged"
+            weights += [checkpoint / shard for shard in shards]
+    if not weights:
+        return f"it holds no weights ({', '.join(WEIGHT_FILES + WEIGHT_INDEXES)})"
+    if any(path.name.startswith("adapter_model") for path in weights):
+        try:
+            json.loads((checkpoint / "adapter_config.json").read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return "adapter_config.json is missing or damaged"
+    states = ["optimizer.pt", "scheduler.pt", "rng_state.pth"] + (["scaler.pt"] if needs_scaler else [])
+    for path in weights + [checkpoint / name for name in states]:
+        damage = file_damage(path)
+        if damage:
+            return f"{path.name} {damage}"
+    return None
+
+
+def newest_complete_checkpoint(folder: Path, needs_scaler: bool = False) -> Path | None:
+    """The newest checkpoint-N folder that is complete; newer incomplete ones are moved aside, and a line says so.
+
+    A damaged folder keeps its files under the name incomplete-checkpoint-N (it
+    no longer looks like a checkpoint to the Trainer or to this function). When
+    no checkpoint is complete, the error names each one's problem and the fix.
+    """
+    found = checkpoints_in(folder)
+    problems = {}
+    for checkpoint in reversed(found):
+        problem = checkpoint_problem(checkpoint, needs_scaler)
+        if problem is None:
+            for skipped, why in problems.items():
+                aside = folder / f"incomplete-{skipped.name}"
+                suffix = 1
+                while aside.exists():
+                    aside, suffix = folder / f"incomplete-{skipped.name}.{suffix}", suffix + 1
+                replace_durably(skipped, aside)
+                print(f"{skipped.name} is incomplete ({why}): resuming from {checkpoint.name}; "
+                      f"the incomplete folder is kept as {aside.name}.")
+            return checkpoint
+        problems[checkpoint] = problem
+    if problems:
+        raise FolderRefused(f"{folder} holds no complete checkpoint ("
+                         + "; ".join(f"{c.name}: {why}" for c, why in problems.items())
+                         + f"): delete {folder} to start the run over.")
+    return None
 
 
 class LengthBucketSampler(torch.utils.data.Sampler):
@@ -188,7 +256,7 @@ def _trainer_classes():
                 self.args.save_total_limit = limit
             run_dir = Path(self.args.output_dir)
             saved = checkpoints_in(run_dir)
-            _fsync_tree(saved[-1])
+            fsync_tree(saved[-1])
             for old in saved[:-KEEP_CHECKPOINTS]:
                 shutil.rmtree(old)
 
@@ -314,6 +382,7 @@ def train_with_trainer(model, tokenizer, examples: Sequence[dict], config: Train
     whose value `course_utils.adapters` caches), so it is not computed again.
     """
     profile = profile or detect()
+    check_stop_after(stop_after)
     _, _, StopAfter, ValidationLoss = _trainer_classes()
     features = [make_features(tokenizer, e, config.max_length) for e in examples]
     if len(features) < config.batch_size:
@@ -323,14 +392,18 @@ def train_with_trainer(model, tokenizer, examples: Sequence[dict], config: Train
     if config.optimizer in ("paged_adamw_8bit", "adamw_8bit") and not profile.is_gpu:
         raise ValueError(f"{config.optimizer} needs a CUDA GPU (bitsandbytes' paged/8-bit optimizers); "
                          "use optimizer='adamw' on this machine.")
+    undo_cpu_inference_packing(model)  # an evaluated NF4 model on the CPU would otherwise get no gradients
     folder = Path(output_dir) if output_dir is not None else None
+    resume_from = None
     if folder is not None:
-        signature = run_signature(model, config, examples)
+        signature = run_signature(model, config, examples) | {"precision": mixed_precision(profile)}
         if make_features is not training_features:  # other labels on the same examples: another run
             signature["data_sha256"] = hashlib.sha256(json.dumps(features).encode()).hexdigest()
+        if folder.exists():
+            check_same_run(folder, signature)
+            resume_from = newest_complete_checkpoint(folder, needs_scaler=signature["precision"] == "fp16")
         folder.mkdir(parents=True, exist_ok=True)
-        check_same_run(folder, signature)
-        (folder / RUN_FILE).write_text(json.dumps(signature, indent=1))
+        write_text_atomic(folder / RUN_FILE, json.dumps(signature, indent=1))
     scratch = None if folder is not None else tempfile.mkdtemp(prefix="course-train-")
     trainer = build_trainer(model, features, config, tokenizer.pad_token_id, folder or scratch, profile,
                             checkpoints=folder is not None)
@@ -339,23 +412,21 @@ def train_with_trainer(model, tokenizer, examples: Sequence[dict], config: Train
     if eval_examples and config.eval_every:
         trainer.add_callback(ValidationLoss(tokenizer, list(eval_examples), config.eval_every, config.max_length,
                                             eval_start))
-    undo_cpu_inference_packing(model)  # an evaluated NF4 model on the CPU would otherwise get no gradients
-    checkpoints = checkpoints_in(folder) if folder is not None else []
-    resumed_from = int(checkpoints[-1].name.split("-")[-1]) if checkpoints else 0
-    tokens_before = json.loads((checkpoints[-1] / "trainer_state.json").read_text()).get(
-        "num_input_tokens_seen", 0) if checkpoints else 0
-    if checkpoints and resumed_from >= config.steps:
+    resumed_from = int(resume_from.name.split("-")[-1]) if resume_from else 0
+    tokens_before = json.loads((resume_from / "trainer_state.json").read_text()).get(
+        "num_input_tokens_seen", 0) if resume_from else 0
+    if resume_from and resumed_from >= config.steps:
         # Finished already: load the last checkpoint and return its log. (Trainer.train would run one
         # step past max_steps when the run ended inside an epoch, and write a checkpoint for it.)
-        trainer._load_from_checkpoint(str(checkpoints[-1]))
-        history = json.loads((checkpoints[-1] / "trainer_state.json").read_text())["log_history"]
+        trainer._load_from_checkpoint(str(resume_from))
+        history = json.loads((resume_from / "trainer_state.json").read_text())["log_history"]
         losses, validation = losses_from_history(history)
         model.eval()
         return TrainResult(losses=losses[:config.steps], seconds=0.0, tokens=0, resumed_from=resumed_from,
                            validation_losses=validation)
     start = time.perf_counter()
     try:
-        trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)

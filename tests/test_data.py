@@ -289,7 +289,12 @@ def test_a_missing_chat_file_names_the_format(tmp_path):
     (json.dumps({"task": "json", "question": "q", "answer": "not json"}) + "\n", "json", "line 1: field 'answer' is not a JSON object"),
     (json.dumps({"task": "json", "question": "q", "answer": "{}"}) + "\n", "json", "line 1: field 'answer' is not a JSON object"),
     ("[" * 100_000 + "]" * 100_000 + "\n", "sql", "line 1: JSON nested too deeply"),
-], ids=["unknown db_id", "answer not JSON", "empty JSON answer", "deep nesting"])
+    (_sql_row() + "\n" + _sql_row(answer="SELECT nonexistent_column FROM offices") + "\n", "sql",
+     "line 2: field 'answer' \\(the gold query\\) does not run on database"),
+    (_sql_row(answer="SELEC 1") + "\n", "sql", "line 1: field 'answer' \\(the gold query\\) does not run"),
+    (_sql_row(answer="DELETE FROM offices") + "\n", "sql", "line 1: field 'answer' \\(the gold query\\) does not run"),
+], ids=["unknown db_id", "answer not JSON", "empty JSON answer", "deep nesting", "gold names no column",
+        "gold not SQL", "gold writes"])
 def test_rows_that_would_break_scoring_are_refused_on_load(tmp_path, text, task, named):
     """Each used to load and then fail in evaluation with no file or line (KeyError, JSONDecodeError,
     ZeroDivisionError, RecursionError)."""

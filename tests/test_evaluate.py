@@ -109,6 +109,7 @@ def test_json_field_accuracy_on_gold_answers_is_perfect():
     f"{GOLD}\n```\n\nThis lists the well-paid employees.",  # a lone closing fence, then prose
     f"````sql\n{GOLD}\n```",  # opened with four backticks, closed with three
     f"With this query:\n```sql\n{GOLD}\n```",  # prose that starts with "With" is not a CTE
+    f"{GOLD}\n\nThis lists the well-paid employees; one row each.",  # a query with its `;`, then prose
 ])
 def test_every_usual_code_fence_is_accepted(answer):
     assert score_sql(answer, GOLD, "company") == (True, "match"), extract_sql(answer)
@@ -151,3 +152,20 @@ def test_a_long_run_of_braces_is_parsed_in_linear_time():
     start = time.monotonic()
     assert score_json("{" * 200_000 + "x", gold) == (0.0, "error: no JSON object")
     assert time.monotonic() - start < 0.5
+
+
+@pytest.mark.parametrize("text, query", [
+    ("SELECT 'a;b' FROM t; then prose", "SELECT 'a;b' FROM t;"),  # a `;` in a string does not end the query
+    ("SELECT 1 -- note; more\nFROM t; prose", "SELECT 1 -- note; more\nFROM t;"),  # nor one in a comment
+    ("SELECT 1 /* a;b */ FROM t; prose", "SELECT 1 /* a;b */ FROM t;"),
+    ("SELECT 1 FROM t;", "SELECT 1 FROM t;"),  # nothing after it: the text as it is
+    ("SELECT 'unclosed; FROM t", "SELECT 'unclosed; FROM t"),  # an unclosed quote: the text as it is
+    ("SELECT [a;b] FROM t", "SELECT [a;b] FROM t"),  # SQLite's quoted identifiers
+    ("SELECT `a;b` FROM t; prose", "SELECT `a;b` FROM t;"),
+    # a second statement keeps the whole text, for the sandbox to refuse as more than one statement
+    ("SELECT 1; WITH x AS MATERIALIZED (SELECT 1) DELETE FROM t", "SELECT 1; WITH x AS MATERIALIZED (SELECT 1) DELETE FROM t"),
+    ("SELECT 1; with x as not materialized (select 1) select 2", "SELECT 1; with x as not materialized (select 1) select 2"),
+    ("SELECT 1;\nDROP TABLE t", "SELECT 1;\nDROP TABLE t"),
+])
+def test_a_query_is_taken_up_to_its_first_semicolon_outside_quotes_and_comments(text, query):
+    assert extract_sql(text) == query

@@ -494,3 +494,27 @@ def test_a_config_missing_its_sizes_is_refused_not_planned_as_a_default_7b(tmp_p
     file.write_text("{not json")
     with pytest.raises(ValueError, match="not a readable JSON config"):
         load_config(tmp_path)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda c: plan_memory(c, optimizer=["adamw"]), "optimizer must be one name"),
+    (lambda c: plan_memory(c, method="lora", targets=None), "targets must be 'attention', 'all-linear' or a list"),
+    (lambda c: plan_memory(c, method="lora", targets=5), "targets must be"),
+    (lambda c: plan_memory(c, method="lora", targets=["q_proj", 5]), "targets must be"),
+    (lambda c: plan_memory(c).fits("lots"), "fits\\(\\) takes the device's memory in bytes"),
+    (lambda c: plan_memory(c).fits(float("nan")), "fits\\(\\) takes"),
+    (lambda c: plan_memory(c).verdict(None), "verdict\\(\\) takes a HardwareProfile"),
+    (lambda c: plan_memory(c).verdict("T4"), "verdict\\(\\) takes a HardwareProfile"),
+])
+def test_arguments_of_the_wrong_kind_are_named_not_raw_type_errors(tiny_config, call, message):
+    """Each raised a raw TypeError or AttributeError before (unhashable type, not iterable, '<=' not supported)."""
+    with pytest.raises(ValueError, match=message):
+        call(tiny_config)
+
+
+def test_numpy_integers_plan_the_same_as_python_ones(tiny_config):
+    import numpy as np
+
+    plain = plan_memory(tiny_config, method="lora", rank=8, batch=2, seq_len=64)
+    numpy = plan_memory(tiny_config, method="lora", rank=np.int64(8), batch=np.int32(2), seq_len=np.int64(64))
+    assert numpy.total == plain.total and type(numpy.settings.rank) is int

@@ -176,3 +176,22 @@ def test_two_processes_converting_the_gguf_at_once_both_get_the_model(tmp_path):
     assert sorted(out.strip().splitlines()[-1] for out, _, _ in results) == ["converted from GGUF", "course cache"]
     folder = tmp_path / "models"
     assert [p.name for p in folder.iterdir() if p.is_dir()] == [models.converted_model_dir().name]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: models.load_model(None), "model_id must be a model name"),
+    (lambda: models.load_model(""), "model_id must be a model name"),
+    (lambda: models.load_model(device="cuda"), "this machine has no CUDA device.*leave device=None"),
+    (lambda: models.load_model(device="cuda:0"), "this machine has no CUDA device"),
+    (lambda: models.load_model(device="tpu"), "device must be 'cpu', 'cuda'"),
+    (lambda: models.load_model(device=3), "device must be"),
+])
+def test_a_model_or_device_this_machine_cannot_load_is_named_before_loading(call, message):
+    """load_model(None) raised AttributeError ('NoneType' has no attribute 'replace'); device='cuda' on a CPU
+    machine raised torch's AssertionError ('Torch not compiled with CUDA enabled') after the weights were read."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device: the CPU-only refusals do not apply")
+    with pytest.raises(ValueError, match=message):
+        call()

@@ -5,6 +5,8 @@ architecture and vocabulary, random weights) with a rank-2 LoRA on q_proj and v_
 examples, batch 2 and 4 steps: every assertion here is about mechanics, not knowledge.
 """
 
+import json
+
 import pytest
 import torch
 
@@ -16,7 +18,7 @@ from course_utils.answers import answer_loss
 from course_utils.hardware import detect
 from course_utils.data import evenly_spaced, load_examples
 from course_utils.models import MODEL_DIR_ENV, load_tokenizer
-from course_utils.train import (CHECKPOINT_FILE, TrainConfig, batch_indices, learning_rate_factor, train,
+from course_utils.train import (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, TrainConfig, batch_indices, learning_rate_factor, train,
                                 trainable_state)
 from mini_model import load_mini_model, mini_model_dir
 
@@ -417,3 +419,271 @@ def test_gpu_results_are_cached_apart_from_cpu_results_and_from_each_other(tmp_p
     assert folders["a CPU"].name == f"sql-r1-{before}"  # a CPU's cached adapters are still found
     full = full_finetune_settings(cpu, steps=2, batch_size=2)
     assert len({full_finetune_dir(full, p) for p in (cpu, t4, a100)}) == 3
+
+
+# --------------------------------------------------------------------------- resume refuses every other run (issue 25 §2)
+
+def peft_model(seed: int = 0, base=None, **lora):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    settings = dict(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM") | lora
+    return get_peft_model(base if base is not None else load_mini_model(), LoraConfig(**settings))
+
+
+def other_base_of_the_same_shapes():
+    base = load_mini_model()
+    with torch.no_grad():
+        base.model.layers[0].mlp.up_proj.weight.mul_(1.01)
+    return base
+
+
+def course_lora_model(alpha: float):
+    from course_utils.lora import LoraConfig as CourseLoraConfig, inject_lora, mark_only_lora_trainable
+
+    torch.manual_seed(0)
+    return mark_only_lora_trainable(inject_lora(load_mini_model(), CourseLoraConfig(
+        r=2, lora_alpha=alpha, target_modules=("q_proj",))))
+
+
+@pytest.mark.parametrize("make_first, make_second, message", [
+    (lambda: peft_model(), lambda: peft_model(lora_alpha=8), "adapter 'default' lora_alpha: 4 in the folder, 8 now"),
+    (lambda: peft_model(), lambda: peft_model(use_rslora=True), "use_rslora: False in the folder, True now"),
+    (lambda: peft_model(), lambda: peft_model(lora_dropout=0.1), "lora_dropout: 0.0 in the folder, 0.1 now"),
+    (lambda: peft_model(), lambda: peft_model(base=load_mini_model(dtype=torch.bfloat16)), "weight dtypes"),
+    (lambda: peft_model(), lambda: peft_model(base=other_base_of_the_same_shapes()), "base model weights"),
+    (lambda: course_lora_model(4), lambda: course_lora_model(8), "lora_alpha: 4 in the folder, 8 now"),
+])
+def test_resume_refuses_a_run_that_computes_something_else(tmp_path, tokenizer, examples, make_first, make_second,
+                                                           message):
+    """lora_alpha, rsLoRA, dropout, the base's dtype, another base of the same shapes: each is another run."""
+    train(make_first(), tokenizer, examples, config(), output_dir=tmp_path, stop_after=1)
+    model = make_second()
+    before = trainable_state(model)
+    with pytest.raises(ValueError, match=f"other settings.*{message}.*fresh output folder"):
+        train(model, tokenizer, examples, config(), output_dir=tmp_path)
+    assert all(torch.equal(before[n], w) for n, w in trainable_state(model).items())
+    again = train(make_first(), tokenizer, examples, config(), output_dir=tmp_path)  # the same run resumes
+    assert again.resumed_from == 1
+
+
+def test_a_signature_written_before_a_field_existed_is_another_run(tmp_path, tokenizer, examples):
+    train(lora_model(), tokenizer, examples, config(), output_dir=tmp_path, stop_after=1)
+    path = tmp_path / CHECKPOINT_FILE
+    state = torch.load(path, weights_only=True)
+    signature = json.loads(state["signature"])
+    del signature["model"]
+    state["signature"] = json.dumps(signature)
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="model \\(not recorded in the folder"):
+        train(lora_model(), tokenizer, examples, config(), output_dir=tmp_path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("signature", "cannot be read"),
+    ("optimizer", "optimizer or schedule state does not fit"),
+    ("weights", "does not hold this model's trainable weights"),
+])
+def test_a_damaged_part_of_a_checkpoint_is_refused_before_any_weight_changes(tmp_path, tokenizer, examples, damage,
+                                                                              message):
+    train(lora_model(), tokenizer, examples, config(), output_dir=tmp_path, stop_after=1)
+    path = tmp_path / CHECKPOINT_FILE
+    state = torch.load(path, weights_only=True)
+    if damage == "signature":
+        state["signature"] = state["signature"][:-7]  # cut-off JSON
+    elif damage == "optimizer":
+        state["optimizer"]["param_groups"].append(dict(state["optimizer"]["param_groups"][0]))
+    else:
+        state["trainable"].pop(sorted(state["trainable"])[0])
+    torch.save(state, path)
+    model = lora_model(seed=5)
+    before = trainable_state(model)
+    with pytest.raises(ValueError, match=message) as error:
+        train(model, tokenizer, examples, config(), output_dir=tmp_path)
+    assert str(tmp_path) in str(error.value) and "delete" in str(error.value)
+    assert all(torch.equal(before[n], w) for n, w in trainable_state(model).items())
+
+
+@pytest.mark.parametrize("stop_after", [0, -2, 1.5, True, "2"])
+def test_stop_after_must_be_a_positive_number_of_steps(tmp_path, tokenizer, examples, stop_after):
+    with pytest.raises(ValueError, match="stop_after must be None"):
+        train(lora_model(), tokenizer, examples, config(), output_dir=tmp_path, stop_after=stop_after)
+    assert not any(tmp_path.iterdir())
+
+
+def test_two_checkpoints_are_kept_and_a_damaged_newest_one_falls_back(tmp_path, tokenizer, examples, capsys):
+    straight = train(lora_model(), tokenizer, examples, config(), output_dir=tmp_path / "straight")
+    folder = tmp_path / "resumed"
+    train(lora_model(), tokenizer, examples, config(checkpoint_every=1), output_dir=folder, stop_after=3)
+    steps = {name: torch.load(folder / name, weights_only=True)["step"] for name in (CHECKPOINT_FILE,
+                                                                                      PREVIOUS_CHECKPOINT_FILE)}
+    assert steps == {CHECKPOINT_FILE: 3, PREVIOUS_CHECKPOINT_FILE: 2}
+    newest = folder / CHECKPOINT_FILE
+    newest.write_bytes(newest.read_bytes()[:1000])  # a disk that lost the end of the newest file
+    model = lora_model(seed=7)
+    rest = train(model, tokenizer, examples, config(checkpoint_every=1), output_dir=folder)
+    assert rest.resumed_from == 2 and "resuming from checkpoint.previous.pt, step 2" in capsys.readouterr().out
+    assert (folder / "checkpoint.damaged.pt").exists()
+    assert torch.allclose(torch.tensor(rest.losses), torch.tensor(straight.losses), rtol=0, atol=TOLERANCE)
+
+
+def test_each_checkpoint_reaches_the_disk_before_it_replaces_the_last(tmp_path, tokenizer, examples, monkeypatch):
+    import os
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(a), str(b))), real_replace(a, b))[1])
+    train(lora_model(), tokenizer, examples, config(checkpoint_every=2), output_dir=tmp_path)
+    newest = str(tmp_path / CHECKPOINT_FILE)
+    renames = [i for i, e in enumerate(events) if e[0] == "replace" and e[2] == newest]
+    assert len(renames) == 2  # step 2 and step 4
+    for i in renames:
+        assert ("fsync", events[i][1]) in events[:i]  # the new file's bytes were on the disk first
+        assert events[i + 1] == ("fsync", str(tmp_path))  # and the rename itself right after
+
+
+KILL_MID_SAVE = """
+import os, signal, sys, torch
+sys.path.insert(0, {tests!r})
+import course_utils.train as course_train
+from course_utils.data import load_examples
+from course_utils.models import load_tokenizer
+from test_train import config, lora_model
+
+saves = {{"n": 0}}
+real_save = torch.save
+def save(obj, handle, *args, **kwargs):
+    saves["n"] += 1
+    if saves["n"] == 3:  # the third checkpoint: half of it written, then the process is killed
+        handle.write(b"half a checkpoint")
+        handle.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, handle, *args, **kwargs)
+course_train.torch.save = save
+course_train.train(lora_model(), load_tokenizer(), load_examples("sql", "train", limit=8),
+                   config(checkpoint_every=1), output_dir={folder!r})
+"""
+
+
+def test_a_training_process_killed_mid_save_resumes_from_its_last_whole_checkpoint(tmp_path, tokenizer, examples):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = tmp_path / "killed"
+    script = KILL_MID_SAVE.format(tests=str(Path(__file__).parent), folder=str(folder))
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (folder / (CHECKPOINT_FILE + ".partial")).exists()  # the cut-off write
+    straight = train(lora_model(), tokenizer, examples, config(checkpoint_every=1), output_dir=tmp_path / "straight")
+    rest = train(lora_model(seed=11), tokenizer, examples, config(checkpoint_every=1), output_dir=folder)
+    assert rest.resumed_from == 2
+    assert torch.allclose(torch.tensor(rest.losses), torch.tensor(straight.losses), rtol=0, atol=TOLERANCE)
+
+
+def test_the_course_loop_refuses_a_trainer_folder(tmp_path, tokenizer, examples):
+    from course_utils.trainer import train_with_trainer
+
+    train_with_trainer(lora_model(), tokenizer, examples, config(checkpoint_every=1), output_dir=tmp_path,
+                       stop_after=1)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(ValueError, match="run of transformers' Trainer.*train_with_trainer.*fresh output folder"):
+        train(lora_model(), tokenizer, examples, config(), output_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_cached_adapter_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A kernel killed while the adapter is saved leaves no adapter file; the next call finishes the run."""
+    from pathlib import Path
+
+    from peft import PeftModel
+
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv(MODEL_DIR_ENV, str(mini_model_dir()))
+    monkeypatch.setattr(adapters_module, "VALIDATION_EXAMPLES", 4)
+    settings = AdapterSettings(r=1, targets="qv", steps=2, batch_size=2)
+    real_save = PeftModel.save_pretrained
+
+    def killed_mid_save(self, folder, *args, **kwargs):
+        real_save(self, folder, *args, **kwargs)
+        if not str(folder).endswith("finished.partial"):  # the Trainer's checkpoints save through it too
+            return
+        weights = Path(folder) / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])  # half written when the kernel died
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PeftModel, "save_pretrained", killed_mid_save)
+    with pytest.raises(KeyboardInterrupt):
+        train_lora_adapter(settings)
+    folder = adapter_dir(settings)
+    assert not (folder / "adapter_model.safetensors").exists() and not (folder / "train_log.json").exists()
+    monkeypatch.setattr(PeftModel, "save_pretrained", real_save)
+    assert train_lora_adapter(settings) == folder  # the run's checkpoint is complete: nothing trains again
+    assert read_train_log(folder)["resumed_from"] == 2 and not (folder / "finished.partial").exists()
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])  # an adapter damaged after the fact (an older version, a disk)
+    with pytest.raises(ValueError, match="adapter_model.safetensors is .* bytes.*force=True"):
+        train_lora_adapter(settings)
+
+
+def test_numpy_integers_are_plain_ints_in_every_settings_object():
+    """TrainConfig, AdapterSettings and the capstone's recipe all accept NumPy integers and store ints, so equal
+    settings name one cache folder and one run signature (some refused them, others kept them as NumPy)."""
+    import numpy as np
+
+    from course_utils.capstone import QLoRARecipe
+
+    config = TrainConfig(steps=np.int64(4), batch_size=np.int32(2), seed=np.int64(3), learning_rate=np.float32(1e-3))
+    assert (config.steps, config.batch_size, config.seed) == (4, 2, 3) and type(config.steps) is int
+    assert type(config.learning_rate) is float
+    settings = AdapterSettings(r=np.int64(4), steps=np.int64(2), batch_size=np.int64(2), seed=np.int64(1))
+    assert settings == AdapterSettings(r=4, steps=2, batch_size=2, seed=1) and type(settings.r) is int
+    assert adapter_dir(settings) == adapter_dir(AdapterSettings(r=4, steps=2, batch_size=2, seed=1))
+    recipe = QLoRARecipe(rank=np.int64(8))
+    assert recipe == QLoRARecipe(rank=8) and type(recipe.rank) is int
+    for bad in (dict(seed=-1), dict(seed=1.5), dict(optimizer=["adamw"]), dict(log_every=0)):
+        with pytest.raises(ValueError):
+            TrainConfig(**bad)
+
+
+def test_the_weight_fingerprint_reads_large_tensors_and_tells_bases_apart():
+    """A 7B model's embedding has hundreds of millions of values: positions counted in float32 ran past the end."""
+    from course_utils.train import weight_fingerprint
+
+    large = torch.nn.Embedding(49152 * 11, 64)  # 34.6 million values, the size that failed (28.3 million) and more
+    large.weight.requires_grad_(False)
+    first = weight_fingerprint(large)
+    with torch.no_grad():
+        large.weight[-1, -1] += 1  # the last value is one of those read
+    assert weight_fingerprint(large) != first
+    large.weight.requires_grad_(True)  # trainable weights are restored from the checkpoint, not fingerprinted
+    assert weight_fingerprint(large) == weight_fingerprint(torch.nn.Embedding(1, 1).requires_grad_(True))
+
+
+def test_a_field_only_one_library_version_has_is_not_a_difference(tmp_path, tokenizer, examples):
+    """Colab reinstalls the libraries after a disconnect: a newer PEFT or transformers whose config has one more
+    field must not refuse the run; a field both versions have still must match."""
+    train(lora_model(), tokenizer, examples, config(), output_dir=tmp_path, stop_after=1)
+    path = tmp_path / CHECKPOINT_FILE
+    state = torch.load(path, weights_only=True)
+    signature = json.loads(state["signature"])
+    signature["model"]["adapter"]["default"]["a_field_of_an_older_peft"] = 3
+    del signature["model"]["base_config"]["vocab_size"]  # as if an older transformers had not written it
+    state["signature"] = json.dumps(signature)
+    torch.save(state, path)
+    assert train(lora_model(), tokenizer, examples, config(), output_dir=tmp_path).resumed_from == 1
+
+
+def test_a_stale_cache_checkpoint_names_force_as_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv(MODEL_DIR_ENV, str(mini_model_dir()))
+    monkeypatch.setattr(adapters_module, "VALIDATION_EXAMPLES", 4)
+    settings = AdapterSettings(r=1, targets="qv", steps=2, batch_size=2)
+    stale = adapter_dir(settings) / "checkpoint"
+    stale.mkdir(parents=True)
+    (stale / trainer_module.RUN_FILE).write_text("{not json")  # an earlier version's, or a damaged save
+    with pytest.raises(ValueError, match="course cache's folder.*train_lora_adapter\\(settings, force=True\\)"):
+        train_lora_adapter(settings)
+    assert train_lora_adapter(settings, force=True) == adapter_dir(settings)

@@ -39,13 +39,21 @@ def examples():
     return load_examples("sql", "train", limit=8)
 
 
-def lora_model(seed=0, r=2, targets=("q_proj", "v_proj"), real=False):
-    """A LoRA model on the mini model, or on the course's 135M model (`real=True`)."""
+def lora_model(seed=0, r=2, targets=("q_proj", "v_proj"), real=False, base=None, **lora):
+    """A LoRA model on the mini model, or on the course's 135M model (`real=True`), or on `base`."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    base = load_model() if real else load_mini_model()
-    return get_peft_model(base, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), task_type="CAUSAL_LM"))
+    base = base if base is not None else load_model() if real else load_mini_model()
+    return get_peft_model(base, LoraConfig(**dict(r=r, lora_alpha=2 * r, target_modules=list(targets),
+                                                  task_type="CAUSAL_LM") | lora))
+
+
+def other_base_of_the_same_shapes():
+    base = load_mini_model()
+    with torch.no_grad():
+        base.model.layers[0].mlp.up_proj.weight.mul_(1.01)
+    return base
 
 
 def config(**changes):
@@ -99,18 +107,28 @@ def every_token_labelled(tokenizer, example, max_length):
     (dict(config=dict(learning_rate=2e-3)), "learning_rate"),
     (dict(model=dict(r=4)), "trainable parameters"),  # rank 2 checkpoint, rank 4 model
     (dict(model=dict(targets=("q_proj", "v_proj", "k_proj"))), "trainable parameters"),
+    (dict(model=dict(lora_alpha=8)), "adapter 'default' lora_alpha: 4 in the folder, 8 now"),
+    (dict(model=dict(use_rslora=True)), "use_rslora: False in the folder, True now"),
+    (dict(model=dict(lora_dropout=0.1)), "lora_dropout: 0.0 in the folder, 0.1 now"),
+    (dict(base="bf16"), "weight dtypes"),
+    (dict(base="other"), "base model weights"),
+    (dict(profile="T4"), "precision: 'no' in the folder, 'fp16' now"),
     (dict(data=True), "training data"),
     (dict(labels=True), "training data"),  # the same examples, the prompt labelled too (lesson 05's variant)
 ])
 def test_a_folder_holding_another_run_is_refused_before_anything_changes(tmp_path, tokenizer, examples, change,
                                                                          message):
     train_with_trainer(lora_model(), tokenizer, examples, config(), output_dir=tmp_path, stop_after=2)
-    model = lora_model(seed=5, **change.get("model", {}))
+    base = {"bf16": lambda: load_mini_model(dtype=torch.bfloat16), "other": other_base_of_the_same_shapes,
+            None: lambda: None}[change.get("base")]()
+    model = lora_model(seed=5, base=base, **change.get("model", {}))
     before = trainable_state(model)
     data = load_examples("sql", "train", limit=10)[2:] if change.get("data") else examples
     labels = {"make_features": every_token_labelled} if change.get("labels") else {}
+    profile = {"profile": T4} if change.get("profile") else {}
     with pytest.raises(ValueError, match=f"other settings.*{message}.*fresh output folder"):
-        train_with_trainer(model, tokenizer, data, config(**change.get("config", {})), output_dir=tmp_path, **labels)
+        train_with_trainer(model, tokenizer, data, config(**change.get("config", {})), output_dir=tmp_path,
+                           **labels, **profile)
     after = trainable_state(model)
     assert all(torch.equal(before[n], after[n]) for n in before)  # refused before touching any weight
     # more steps is the same run, continued
@@ -314,3 +332,120 @@ def test_length_buckets_cut_padding_and_repeat_exactly():
     rng.shuffle(shuffled)
     random_batches = [shuffled[i:i + 8] for i in range(0, 1000, 8)]
     assert padded(batches) < 1.05 < 1.2 < padded(random_batches)
+
+
+# --------------------------------------------------------------------------- checkpoints a disconnect cut off (issue 25 §2)
+
+@pytest.mark.parametrize("damage", ["optimizer.pt missing", "scheduler.pt missing", "optimizer.pt truncated",
+                                    "trainer_state.json missing", "adapter_model.safetensors truncated"])
+def test_an_incomplete_newest_checkpoint_is_skipped_for_the_older_whole_one(tmp_path, tokenizer, examples, damage,
+                                                                            capsys):
+    straight = train_with_trainer(lora_model(), tokenizer, examples, config(checkpoint_every=1),
+                                  output_dir=tmp_path / "straight")
+    folder = tmp_path / "resumed"
+    train_with_trainer(lora_model(), tokenizer, examples, config(checkpoint_every=1), output_dir=folder, stop_after=3)
+    assert [p.name for p in checkpoints_in(folder)] == ["checkpoint-2", "checkpoint-3"]
+    name, how = damage.split()
+    path = folder / "checkpoint-3" / name
+    path.unlink() if how == "missing" else path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    model = lora_model(seed=7)
+    rest = train_with_trainer(model, tokenizer, examples, config(checkpoint_every=1), output_dir=folder)
+    printed = capsys.readouterr().out
+    assert rest.resumed_from == 2 and f"checkpoint-3 is incomplete ({name}" in printed
+    assert "resuming from checkpoint-2" in printed and (folder / "incomplete-checkpoint-3" / "adapter_config.json").exists()
+    assert torch.allclose(torch.tensor(rest.losses), torch.tensor(straight.losses), rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("damage", ["optimizer.pt missing", "scheduler.pt missing", "optimizer.pt truncated"])
+def test_a_run_whose_only_checkpoint_is_incomplete_is_refused_before_any_weight_changes(tmp_path, tokenizer,
+                                                                                         examples, damage):
+    train_with_trainer(lora_model(), tokenizer, examples, config(), output_dir=tmp_path, stop_after=2)
+    name, how = damage.split()
+    path = tmp_path / "checkpoint-2" / name
+    path.unlink() if how == "missing" else path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    model = lora_model(seed=5)
+    before = trainable_state(model)
+    with pytest.raises(ValueError, match=f"no complete checkpoint \\(checkpoint-2: {name} .*delete"):
+        train_with_trainer(model, tokenizer, examples, config(), output_dir=tmp_path)
+    assert all(torch.equal(before[n], w) for n, w in trainable_state(model).items())
+
+
+KILL_MID_SAVE = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from transformers import Trainer
+from course_utils.data import load_examples
+from course_utils.models import load_tokenizer
+from course_utils.trainer import train_with_trainer
+from test_trainer import config, lora_model
+
+real_save_rng = Trainer._save_rng_state
+def save_rng(self, output_dir):
+    if self.state.global_step == 3:  # weights, optimizer and scheduler written; RNG and trainer_state.json not
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save_rng(self, output_dir)
+Trainer._save_rng_state = save_rng
+train_with_trainer(lora_model(), load_tokenizer(), load_examples("sql", "train", limit=8),
+                   config(checkpoint_every=1), output_dir={folder!r})
+"""
+
+
+def test_a_training_process_killed_mid_save_resumes_from_the_newest_whole_checkpoint(tmp_path, tokenizer, examples,
+                                                                                     capsys):
+    """The Colab disconnect lesson 09 promises to survive: a real kill while checkpoint-3 is being written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = tmp_path / "killed"
+    script = KILL_MID_SAVE.format(tests=str(Path(__file__).parent), folder=str(folder))
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (folder / "checkpoint-3" / "optimizer.pt").exists() and not (folder / "checkpoint-3" / "trainer_state.json").exists()
+    straight = train_with_trainer(lora_model(), tokenizer, examples, config(checkpoint_every=1),
+                                  output_dir=tmp_path / "straight")
+    rest = train_with_trainer(lora_model(seed=11), tokenizer, examples, config(checkpoint_every=1), output_dir=folder)
+    assert rest.resumed_from == 2 and "checkpoint-3 is incomplete (trainer_state.json is missing" in capsys.readouterr().out
+    assert torch.allclose(torch.tensor(rest.losses), torch.tensor(straight.losses), rtol=0, atol=TOLERANCE)
+    assert [p.name for p in checkpoints_in(folder)] == ["checkpoint-3", "checkpoint-4"]
+
+
+def test_the_trainer_path_refuses_a_course_loop_folder(tmp_path, tokenizer, examples):
+    from course_utils.train import train
+
+    train(lora_model(), tokenizer, examples, config(), output_dir=tmp_path, stop_after=1)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(ValueError, match="run of the course loop.*course_utils.train.train.*fresh output folder"):
+        train_with_trainer(lora_model(), tokenizer, examples, config(), output_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_checkpoints_saved_in_other_legitimate_forms_are_complete(tmp_path):
+    """Sharded weights with an index and the old pickle files are whole checkpoints; an adapter needs its config."""
+    import json as json_module
+
+    from safetensors.torch import save_file
+
+    from course_utils.trainer import checkpoint_problem
+
+    checkpoint = tmp_path / "checkpoint-3"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text(json_module.dumps({"global_step": 3}))
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        torch.save({"x": torch.ones(2)}, checkpoint / name)
+    assert "holds no weights" in checkpoint_problem(checkpoint)
+    for shard in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+        save_file({"w": torch.ones(3)}, checkpoint / shard)
+    index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    (checkpoint / "model.safetensors.index.json").write_text(json_module.dumps(index))
+    assert checkpoint_problem(checkpoint) is None
+    shard = checkpoint / "model-00002-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-4])
+    assert "model-00002-of-00002.safetensors is" in checkpoint_problem(checkpoint)
+    for path in checkpoint.glob("model*"):
+        path.unlink()
+    torch.save({"w": torch.ones(3)}, checkpoint / "adapter_model.bin")
+    assert checkpoint_problem(checkpoint) == "adapter_config.json is missing or damaged"
+    (checkpoint / "adapter_config.json").write_text("{}")
+    assert checkpoint_problem(checkpoint) is None
+    assert checkpoint_problem(checkpoint, needs_scaler=True) == "scaler.pt is missing"

@@ -112,14 +112,17 @@ def write_jsonl(rows: list[dict], path: Path) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def row_checker(task: str) -> Callable[[dict], str | None]:
+def row_checker(task: str, run_gold: bool = True) -> Callable[[dict], str | None]:
     """What makes a row of `task` unscorable, said before any lesson reads it (`read_jsonl`'s `check_row`):
-    another task's row, an SQL row on a database the course does not have, a JSON answer that is not a JSON
-    object with fields (score_json compares the answer's fields one by one)."""
+    another task's row, an SQL row on a database the course does not have or whose gold query does not run
+    there (`run_gold`: run each under the sandbox's read-only rules and time limit, about 0.1 ms a query), a
+    JSON answer that is not a JSON object with fields (score_json compares the answer's fields one by one)."""
+    from ..sql_sandbox import run_readonly_query
     from .databases import DATABASE_BY_ID
-    from .schemas import transfer_database_ids
+    from .schemas import connect, transfer_database_ids
 
     known = set(DATABASE_BY_ID) | set(transfer_database_ids()) if task == "sql" else set()
+    connections: dict = {}  # one in-memory copy of each database, for this file's rows
 
     def check(row: dict) -> str | None:
         if row["task"] != task:
@@ -127,6 +130,14 @@ def row_checker(task: str) -> Callable[[dict], str | None]:
         if task == "sql" and row["db_id"] not in known:
             return (f"field 'db_id' is {row['db_id']!r}, not one of the course's databases "
                     f"({', '.join(sorted(known)[:3])}, ...)")
+        if task == "sql" and run_gold:
+            if row["db_id"] not in connections:
+                connections[row["db_id"]] = connect(row["db_id"])
+            try:
+                run_readonly_query(connections[row["db_id"]], row["answer"])
+            except Exception as exc:  # a syntax error, an unknown column, a refused action, the time limit
+                return (f"field 'answer' (the gold query) does not run on database {row['db_id']!r} "
+                        f"({type(exc).__name__}: {str(exc)[:160]}), so no answer could be scored against it")
         if task == "json":
             try:
                 answer = json.loads(row["answer"])
@@ -147,8 +158,14 @@ def load_examples(task: str = "sql", split: str = "train", limit: int | None = N
             raise ValueError(f"limit must be a whole number of rows, 0 or more (or None for all), got {limit!r}.")
         limit = operator.index(limit)
     # A missing file is read_jsonl's error: its full path and the fix (regenerate the data).
-    rows = read_jsonl(data_path(task, split, data_dir), REQUIRED_FIELDS[task], check_row=row_checker(task))
+    path = data_path(task, split, data_dir)
+    identity = (str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
+    rows = read_jsonl(path, REQUIRED_FIELDS[task], check_row=row_checker(task, run_gold=identity not in _GOLD_RAN))
+    _GOLD_RAN.add(identity)
     return rows[:limit] if limit is not None else rows
+
+
+_GOLD_RAN: set = set()  # files whose gold queries all ran, by (path, size, mtime): checked once per process
 
 
 def transfer_path(data_dir: Path | None = None) -> Path:

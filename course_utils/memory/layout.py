@@ -177,6 +177,10 @@ def resolve_targets(layout: ModelLayout, targets: str | Iterable[str]) -> tuple[
             )
         wanted = set(NAMED_TARGETS[targets])
     else:
+        if (not isinstance(targets, (list, tuple, set, frozenset))
+                or not all(isinstance(name, str) and name for name in targets)):
+            raise ValueError(f"targets must be 'attention', 'all-linear' or a list of module names such as "
+                             f"['q_proj', 'v_proj'], got {targets!r}.")
         wanted = set(targets)
         if not wanted:
             raise ValueError("targets is empty: name at least one module, e.g. ['q_proj', 'v_proj'].")

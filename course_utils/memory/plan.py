@@ -5,8 +5,9 @@ See the package docstring (`course_utils.memory`) for the parts and how to read 
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 import torch
 
@@ -14,9 +15,7 @@ from ..hardware import GIB, HardwareProfile
 from .configs import load_config
 from .layout import (ActivationEstimate, ModelLayout, _bytes_per, _dtype, estimate_activations,
                      model_layout, optimizer_state_bytes, quantized_linear_bytes, resolve_targets)
-
-if TYPE_CHECKING:
-    from .verdicts import Verdict
+from .verdicts import Verdict, verdict
 
 METHODS = ("full", "lora", "qlora")
 QUANTIZATIONS = (None, "int8", "fp4", "nf4")
@@ -118,6 +117,9 @@ class MemoryPlan:
 
     def fits(self, device_bytes: int | float) -> bool:
         """True when the whole plan fits in `device_bytes`."""
+        if isinstance(device_bytes, bool) or not isinstance(device_bytes, numbers.Real) or device_bytes != device_bytes:
+            raise ValueError(f"fits() takes the device's memory in bytes (e.g. 16 * GIB, or profile.memory_bytes), "
+                             f"got {device_bytes!r}; plan.verdict(profile) judges a HardwareProfile.")
         return self.total <= device_bytes
 
     def summary(self) -> str:
@@ -157,10 +159,11 @@ class MemoryPlan:
         kwargs.update(changes)
         return plan_memory(self.config, name=self.model, **kwargs)
 
-    def verdict(self, profile: HardwareProfile) -> "Verdict":
+    def verdict(self, profile: HardwareProfile) -> Verdict:
         """Does this plan fit `profile`'s device, and if not, what would?"""
-        from .verdicts import verdict  # verdicts replans, so it imports this module
-
+        if not isinstance(profile, HardwareProfile):
+            raise ValueError(f"verdict() takes a HardwareProfile (course_utils.hardware.detect(), or T4, A100_40GB "
+                             f"from course_utils.memory), got {profile!r}.")
         return verdict(self, profile)
 
     fits_on = verdict
@@ -277,8 +280,9 @@ def _check_settings(method, rank, batch, seq_len, gradient_checkpointing, optimi
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}: choose one of {METHODS}.")
     for label, value in (("batch", batch), ("seq_len", seq_len), ("rank", rank)):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise ValueError(f"{label} must be a positive integer, got {value!r}.")
+    batch, seq_len, rank = int(batch), int(seq_len), int(rank)  # NumPy integers too
     if not isinstance(gradient_checkpointing, bool):
         raise ValueError(f"gradient_checkpointing must be True or False, got {gradient_checkpointing!r} "
                          f"({type(gradient_checkpointing).__name__}); True trades ~30% more compute for far less "
@@ -291,6 +295,9 @@ def _check_settings(method, rank, batch, seq_len, gradient_checkpointing, optimi
         raise ValueError(f"batch must be at least 1 (use gradient accumulation for larger effective batches), got {batch}.")
     if seq_len <= 0:
         raise ValueError(f"seq_len must be at least 1 token, got {seq_len}.")
+    if not isinstance(optimizer, str):
+        raise ValueError(f"optimizer must be one name such as 'adamw_torch', got {optimizer!r}; choose one of "
+                         f"{OPTIMIZERS}.")
     optimizer = OPTIMIZER_ALIASES.get(optimizer, optimizer)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {optimizer!r}: choose one of {OPTIMIZERS}.")

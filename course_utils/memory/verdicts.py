@@ -1,15 +1,18 @@
-"""Does a plan fit a device, and if not, which single change would make it fit?"""
+"""Does a plan fit a device, and if not, which single change would make it fit?
+
+`course_utils.memory.plan` imports this module (`MemoryPlan.verdict`); this one
+imports nothing from it, so the two form no import circle. A plan is used
+here only through its `settings`, `total`, `fits` and `replan`; the annotations
+name `MemoryPlan` as a string that is never evaluated.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..hardware import GIB, HardwareProfile
 from .layout import ALL_LINEAR_TARGETS
-
-if TYPE_CHECKING:
-    from .plan import MemoryPlan
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,7 @@ class Verdict:
     """Whether a plan fits a device, and which changes would make it fit."""
 
     fits: bool
-    plan: MemoryPlan
+    plan: "MemoryPlan"  # noqa: F821 (see the module docstring)
     available: int  # bytes on the device
     suggestions: tuple[Suggestion, ...]  # each change alone, largest saving first
     recipe: Suggestion | None  # cheap changes combined, in order, until it fits (None: nothing needed or nothing works)
@@ -48,7 +51,7 @@ class Verdict:
         return "\n".join(lines)
 
 
-def verdict(plan: MemoryPlan, profile: HardwareProfile) -> Verdict:
+def verdict(plan: "MemoryPlan", profile: HardwareProfile) -> Verdict:  # noqa: F821
     """Judge `plan` on `profile`'s device; if it does not fit, say what would.
 
     The plan is first re-made with the profile's device and compute dtype (a T4
