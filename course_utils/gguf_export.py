@@ -15,8 +15,9 @@ anything is written. The file is written aside and renamed when complete.
 Types: F32, F16, BF16 (every matrix in that dtype) and the block quantizers the
 `gguf` package implements in numpy, Q8_0 (blocks of 32 int8 values with one
 fp16 scale: lesson 06's absmax quantizer with its own block size) and Q4_0
-(blocks of 32 4-bit values, one fp16 scale). Norm weights (1-D) stay F32 in
-every type, as llama.cpp's own converter keeps them.
+(blocks of 32 4-bit values, one fp16 scale; the output matrix stays Q8_0).
+Norm weights and biases (1-D) stay F32 in every type, as llama.cpp's own
+converter keeps them. Rope scaling (YaRN and the like) is refused, not dropped.
 """
 
 from __future__ import annotations
@@ -56,6 +57,16 @@ def _read_config(model_dir: Path) -> dict:
     if architecture not in ARCHITECTURES:
         raise ValueError(f"{architecture} is not an architecture this converter knows ({', '.join(ARCHITECTURES)}); "
                          "for others use llama.cpp's convert_hf_to_gguf.py.")
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", None):
+        raise ValueError(f"{model_dir} uses {rope_type} rope scaling, which this converter does not write (the file "
+                         "would run with plain RoPE and answer wrongly): use llama.cpp's convert_hf_to_gguf.py, or "
+                         "the model's config without rope scaling.")
+    heads = config["num_attention_heads"]
+    if config.get("head_dim", config["hidden_size"] // heads) * heads != config["hidden_size"]:
+        raise ValueError(f"{model_dir}: head_dim x heads differs from hidden_size, which needs GGUF's key_length and "
+                         "value_length keys this converter does not write: use llama.cpp's convert_hf_to_gguf.py.")
     return config
 
 
@@ -74,17 +85,24 @@ def _permute_for_llama(weight: np.ndarray, heads: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weight.shape))
 
 
-def _gguf_type(name: str, shape: tuple[int, ...], export_type: str):
-    """The GGML type a tensor is stored in: F32 for 1-D tensors, else the export type."""
+def _gguf_type(name: str, shape: tuple[int, ...], export_type: str, is_output: bool = False):
+    """The GGML type a tensor is stored in: F32 for 1-D tensors, else the export type.
+
+    A 4-bit export keeps the output matrix (the embedding, when it is tied) in
+    8 bits: every token's logit goes through it, and llama.cpp's own quantizer
+    gives it more bits too (Q6_K, which the gguf package cannot write).
+    """
     from gguf import GGMLQuantizationType
 
     if len(shape) < 2:
         return GGMLQuantizationType.F32
+    if export_type == "Q4_0" and is_output:
+        export_type = "Q8_0"
     kind = GGMLQuantizationType[export_type]
     block = {"Q8_0": 32, "Q4_0": 32}.get(export_type, 1)
     if shape[-1] % block:
         raise ValueError(f"{name} has {shape[-1]} columns, not a multiple of {export_type}'s block of {block}: "
-                         "export it as F16 or Q8_0 of another model size.")
+                         "export this model as F16 or BF16.")
     return kind
 
 
@@ -113,7 +131,9 @@ def _plan(model_dir: Path, config: dict, export_type: str) -> list[tuple[Path, s
                     raise ValueError(f"{shard.name}: tensor {key} has no GGUF name for {arch}; this converter knows "
                                      "the standard layers of SmolLM2 and Qwen2.5.")
                 shape = tuple(handle.get_slice(key).get_shape())
-                plan.append((shard, key, name, shape, _gguf_type(key, shape, export_type)))
+                is_output = name == "output.weight" or (name == "token_embd.weight"
+                                                        and bool(config.get("tie_word_embeddings")))
+                plan.append((shard, key, name, shape, _gguf_type(key, shape, export_type, is_output)))
     return plan
 
 
@@ -142,7 +162,8 @@ def _add_tokenizer(writer, model_dir: Path, config: dict, arch: str) -> None:
             types.append(TokenType.UNUSED)
             continue
         tokens.append(by_id[i])
-        types.append(TokenType.CONTROL if i in added and added[i].special else
+        looks_special = by_id[i].startswith("<|") and by_id[i].endswith("|>")  # Qwen's <|fim_prefix|>, as llama.cpp
+        types.append(TokenType.CONTROL if i in added and (added[i].special or looks_special) else
                      TokenType.USER_DEFINED if i in added else TokenType.NORMAL)
     merges = json.loads((model_dir / "tokenizer.json").read_text())["model"]["merges"]
     writer.add_tokenizer_model("gpt2")
@@ -152,7 +173,9 @@ def _add_tokenizer(writer, model_dir: Path, config: dict, arch: str) -> None:
     writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
     for kind in ("bos", "eos", "unk", "pad"):
         token_id = getattr(tokenizer, f"{kind}_token_id")
-        if token_id is not None:
+        if token_id is None:  # Qwen's tokenizer names no BOS; its config does (llama.cpp's converter reads it there)
+            token_id = config.get(f"{kind}_token_id")
+        if isinstance(token_id, int):
             getattr(writer, {"bos": "add_bos_token_id", "eos": "add_eos_token_id", "unk": "add_unk_token_id",
                              "pad": "add_pad_token_id"}[kind])(token_id)
     writer.add_add_bos_token(False)
@@ -188,6 +211,7 @@ def export_gguf(model_dir: str | os.PathLike, output: str | os.PathLike, export_
         raise ValueError(f"{output.parent} has {free / 2**30:.1f} GiB free; the {export_type} file needs about "
                          f"{needed / 2**30:.1f} GiB: free some space or write elsewhere.")
     partial = output.with_name(output.name + ".partial")
+    partial.unlink(missing_ok=True)  # an export killed before it could tidy up (out of memory): unusable, ours
     writer = GGUFWriter(partial, arch)
     try:
         heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads", config["num_attention_heads"])
@@ -224,6 +248,8 @@ def export_gguf(model_dir: str | os.PathLike, output: str | os.PathLike, export_
             writer.write_tensor_data(quants.quantize(weight, kind) if kind != GGMLQuantizationType.F32 else weight)
         writer.close()
         fsync_path(partial)
+        if output.exists():  # created while this export ran: still not overwritten
+            raise ValueError(f"{output} appeared while exporting: choose another file name.")
         replace_durably(partial, output)
     except BaseException:
         writer.close()

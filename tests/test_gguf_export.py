@@ -169,3 +169,33 @@ def test_lesson_06s_blockwise_absmax_quantizer_writes_q8_0s_bytes_but_for_ties()
         assert np.all(np.abs(ours[differ].astype(int) - their_codes[differ]) == 1), name  # ...by one step
         checked, ties = checked + weight.numel(), ties + int(differ.sum())
     assert checked > 100_000 and ties < checked * 1e-5
+
+
+def test_rope_scaling_is_refused_not_dropped(tmp_path):
+    """A YaRN or linear-scaled config written as plain RoPE would run and answer wrongly, with no error."""
+    model = tmp_path / "model"
+    shutil.copytree(mini_model_dir(), model)
+    config = json.loads((model / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 100000.0,
+                                 "original_max_position_embeddings": 8192}
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="yarn rope scaling.*convert_hf_to_gguf.py"):
+        export_gguf(model, tmp_path / "x.gguf")
+    assert not list(tmp_path.glob("x.gguf*"))
+
+
+def test_q4_0_keeps_the_output_matrix_in_8_bits_and_a_missing_bos_comes_from_the_config(tmp_path):
+    """llama.cpp gives the output matrix (here the tied embedding) more bits than the rest; Qwen's tokenizer names
+    no BOS token, its config does."""
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    model = tmp_path / "model"
+    shutil.copytree(mini_model_dir(), model)
+    tokenizer_config = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps(tokenizer_config | {"bos_token": None}))
+    config = json.loads((model / "config.json").read_text())
+    reader = GGUFReader(export_gguf(model, tmp_path / "mini-Q4_0.gguf", "Q4_0", progress=False))
+    types = {t.name: t.tensor_type for t in reader.tensors}
+    assert types["token_embd.weight"] == GGMLQuantizationType.Q8_0  # tied: it is the output matrix
+    assert types["blk.0.ffn_up.weight"] == GGMLQuantizationType.Q4_0
+    assert reader.fields["tokenizer.ggml.bos_token_id"].contents() == config["bos_token_id"]
