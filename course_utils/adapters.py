@@ -22,8 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .answers import answer_token_losses, evaluate_model
-from .cache import (cache_dir, computed_once, exclusive, file_damage, fsync_tree, replace_durably, settings_key,
-                    write_text_atomic)
+from .cache import cache_dir, computed_once, exclusive, file_damage, fsync_tree, replace_durably, settings_key
 from .data import load_examples
 from .evaluate import EvalReport
 from .hardware import detect, HardwareProfile
@@ -228,8 +227,8 @@ def _train_adapter_into(folder: Path, settings: AdapterSettings, profile: Hardwa
     finished = folder / "finished.partial"
     shutil.rmtree(finished, ignore_errors=True)  # a killed call's half-written files
     model.save_pretrained(finished)
-    write_text_atomic(finished / "train_log.json", json.dumps(log, indent=1))
-    fsync_tree(finished)
+    (finished / "train_log.json").write_text(json.dumps(log, indent=1))
+    fsync_tree(finished)  # every file, then the folder, before any of them is renamed in
     for path in sorted(finished.iterdir(), key=lambda p: p.name == ADAPTER_FILE):
         replace_durably(path, folder / path.name)
     finished.rmdir()

@@ -132,7 +132,6 @@ def computed_once(path: Path, compute: Callable[[], Any]) -> Any:
     return json.loads(path.read_text())
 
 
-
 def file_damage(path: Path) -> str | None:
     """Why a weights or state file the course wrote cannot be complete (None: no damage found).
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .cache import fsync_path, replace_durably
+from .merge import base_shards
 
 EXPORT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0")
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
@@ -68,15 +69,6 @@ def _read_config(model_dir: Path) -> dict:
         raise ValueError(f"{model_dir}: head_dim x heads differs from hidden_size, which needs GGUF's key_length and "
                          "value_length keys this converter does not write: use llama.cpp's convert_hf_to_gguf.py.")
     return config
-
-
-def _shards(model_dir: Path) -> list[Path]:
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        return [model_dir / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    if (model_dir / "model.safetensors").is_file():
-        return [model_dir / "model.safetensors"]
-    raise ValueError(f"{model_dir} holds no safetensors weights (model.safetensors or an index of shards).")
 
 
 def _permute_for_llama(weight: np.ndarray, heads: int) -> np.ndarray:
@@ -121,7 +113,7 @@ def _plan(model_dir: Path, config: dict, export_type: str) -> list[tuple[Path, s
     arch = ARCHITECTURES[config["architectures"][0]]
     names = get_tensor_name_map(next(a for a, n in MODEL_ARCH_NAMES.items() if n == arch), config["num_hidden_layers"])
     plan = []
-    for shard in _shards(model_dir):
+    for shard in (model_dir / name for name in base_shards(model_dir)):
         with safe_open(shard, framework="pt") as handle:
             for key in handle.keys():
                 if key.endswith("rotary_emb.inv_freq") or (key == "lm_head.weight" and config.get("tie_word_embeddings")):

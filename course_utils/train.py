@@ -271,18 +271,16 @@ def signature_differences(saved: dict, current: dict) -> list[str]:
             differences.append(f"{key} (not recorded in the folder: it was written by an earlier version of the course)")
     model_saved, model_now = saved.get("model"), current.get("model")
     if isinstance(model_saved, dict) and isinstance(model_now, dict):
-        if model_saved.get("base_config") != model_now.get("base_config"):
-            differences += _dict_differences("base model config", model_saved.get("base_config") or {},
-                                             model_now["base_config"])
+        differences += _dict_differences("base model config", model_saved.get("base_config") or {},
+                                         model_now["base_config"])
         if model_saved.get("dtypes") != model_now.get("dtypes"):
             differences.append(f"weight dtypes: {model_saved.get('dtypes')} in the folder, {model_now['dtypes']} now")
         elif model_saved.get("base_weights") != model_now.get("base_weights"):
             differences.append("base model weights (same shapes and dtypes, other values: another base model)")
         adapters_saved, adapters_now = model_saved.get("adapter") or {}, model_now["adapter"]
         for name in sorted(set(adapters_saved) | set(adapters_now)):
-            if adapters_saved.get(name) != adapters_now.get(name):
-                differences += _dict_differences(f"adapter {name!r}", adapters_saved.get(name) or {},
-                                                 adapters_now.get(name) or {})
+            differences += _dict_differences(f"adapter {name!r}", adapters_saved.get(name) or {},
+                                             adapters_now.get(name) or {})
     for key in sorted(set(current) - {"settings", "model", "trainable", "examples", "data_sha256"}):
         if key in saved and saved[key] != current[key]:
             differences.append(f"{key}: {saved[key]!r} in the folder, {current[key]!r} now")
@@ -323,8 +321,8 @@ def refuse_trainer_folder(folder: Path) -> None:
     """The course loop does not resume a Trainer-path folder, nor writes beside its checkpoints."""
     if (folder / TRAINER_RUN_FILE).exists() or any(p.is_dir() for p in folder.glob("checkpoint-*")):
         raise FolderRefused(f"{folder} holds a run of transformers' Trainer (course_utils.trainer.train_with_trainer: "
-                         f"{TRAINER_RUN_FILE} or checkpoint-N folders), which the course loop cannot resume: resume "
-                         "it with train_with_trainer, or give this run a fresh output folder.")
+                            f"{TRAINER_RUN_FILE} or checkpoint-N folders), which the course loop cannot resume: "
+                            "resume it with train_with_trainer, or give this run a fresh output folder.")
 
 
 def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, losses: list[float],
@@ -364,7 +362,7 @@ def read_checkpoint(path: Path) -> dict:
             raise ValueError("its step is damaged")
     except Exception as exc:  # truncated, random bytes, a pickle with code in it, another program's file
         raise FolderRefused(f"{path} cannot be read as a training checkpoint ({type(exc).__name__}). It is damaged, "
-                         f"or not written by course_utils.train: delete {path.parent} to start the run over.") from None
+                            f"or not written by course_utils.train: delete {path.parent} to start the run over.") from None
     return state
 
 

@@ -95,14 +95,14 @@ def planned_dtypes(profile: HardwareProfile) -> dict:
 def check_same_run(folder: Path, signature: dict) -> None:
     """Refuse a folder whose checkpoints belong to another run, before anything is loaded."""
     if (folder / CHECKPOINT_FILE).exists() or (folder / PREVIOUS_CHECKPOINT_FILE).exists():
-        raise FolderRefused(f"{folder} holds a run of the course loop ({CHECKPOINT_FILE}, from course_utils.train.train), "
-                         "which transformers' Trainer cannot resume: resume it with course_utils.train.train, or "
-                         "give this run a fresh output folder.")
+        raise FolderRefused(f"{folder} holds a run of the course loop ({CHECKPOINT_FILE}, from "
+                            "course_utils.train.train), which transformers' Trainer cannot resume: resume it with "
+                            "course_utils.train.train, or give this run a fresh output folder.")
     path = folder / RUN_FILE
     if not path.exists():
         if checkpoints_in(folder):
             raise FolderRefused(f"{folder} holds checkpoints but no {RUN_FILE}, so its settings are unknown: "
-                             "use a fresh output folder (or delete this one to start over).")
+                                "use a fresh output folder (or delete this one to start over).")
         return
     try:
         saved = json.loads(path.read_text())
@@ -183,8 +183,8 @@ def newest_complete_checkpoint(folder: Path, needs_scaler: bool = False) -> Path
         problems[checkpoint] = problem
     if problems:
         raise FolderRefused(f"{folder} holds no complete checkpoint ("
-                         + "; ".join(f"{c.name}: {why}" for c, why in problems.items())
-                         + f"): delete {folder} to start the run over.")
+                            + "; ".join(f"{c.name}: {why}" for c, why in problems.items())
+                            + f"): delete {folder} to start the run over.")
     return None
 
 
